@@ -1,0 +1,855 @@
+"""Copy files and folders between OBS (``obs://``), S3 (``s3://``) and local paths.
+
+``sync(src, dst)`` works in every direction (remote→local, local→remote, local→local,
+remote→remote) for a single file or a whole folder, and is what the training job uses to stage
+its data set and to push checkpoints. Three storage backends, tried in this order:
+
+* ``moxing`` — Huawei's library, present only inside ModelArts images. Used only when the
+  process runs on ModelArts *and* it imports (the PyPI package called ``moxing`` is an unrelated
+  project, so it is never tried elsewhere). ``OBS_SYNC_MOX_SAFE=1`` applies Huawei's documented
+  work-around for hanging copies: ``MOX_FILE_LARGE_FILE_TASK_NUM=1`` and
+  ``copy_parallel(..., threads=0, is_processing=False)``.
+* the OBS Python SDK (``esdk-obs-python``, ``from obs import ObsClient``) when credentials and an
+  endpoint are in the environment: ``OBS_ACCESS_KEY_ID``/``OBS_SECRET_ACCESS_KEY``
+  (+ ``OBS_SECURITY_TOKEN``) or the ``S3_*``/``AWS_*`` equivalents, and ``OBS_ENDPOINT`` or
+  ``S3_ENDPOINT`` (+ ``S3_USE_HTTPS``, ``S3_VERIFY_SSL``). Huawei endpoints use OBS signing;
+  any other S3 endpoint (MinIO, moto, Ceph) gets V4 signing with path-style addressing.
+  ``OBS_SIGNATURE`` (obs|v2|v4), ``OBS_PATH_STYLE`` (0|1) and ``OBS_REGION`` override that.
+* a filesystem mock for dry runs: ``OBS_MOCK_ROOT=/some/dir`` maps ``obs://bucket/key`` to
+  ``/some/dir/bucket/key``.
+
+``OBS_SYNC_BACKEND=moxing|sdk|mock`` forces one. Transfers run in a thread pool; transient
+failures (exceptions, HTTP 5xx/408/429) are retried with exponential back-off and jitter, while
+4xx answers fail at once naming the URL. Syncs are incremental: a file whose destination copy
+has the same size and is not older than the source is skipped. Object keys that would land
+outside the destination folder (``..``, absolute keys, backslashes) are refused. Local files
+are written to a temporary name and renamed, so a killed sync never leaves a half file that a
+later incremental sync would take for complete. Credentials are never logged.
+
+CLI: ``python obs_sync.py SRC DST [--threads N] [--retries N]``.
+"""
+from __future__ import annotations
+
+import argparse
+import calendar
+import concurrent.futures
+import fnmatch
+import logging
+import os
+import random
+import re
+import shutil
+import ssl
+import sys
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
+
+from src.errors import UserError
+
+log = logging.getLogger(__name__)
+
+REMOTE_SCHEMES = ("obs", "s3")
+# Suffix of the temporary files local writes go through; listings ignore them, so a file left
+# by a killed sync is neither uploaded nor taken for a finished download.
+TMP_SUFFIX = ".obs_sync.part"
+# Remote listings give LastModified to the second: allow that much when comparing times.
+MTIME_SLACK_S = 2.0
+BACKOFF_BASE_S = 0.5
+BACKOFF_CAP_S = 30.0
+_TRUE = ("1", "true", "yes", "on")
+_BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+_FALSE = ("0", "false", "no", "off")
+
+# Patched by the tests so back-off does not make them slow.
+_sleep = time.sleep
+
+
+class StorageError(UserError):
+    """The storage answered with a permanent error (403, 404, ...): retrying will not help."""
+
+
+class TransferError(RuntimeError):
+    """A transfer still failed after every retry (network, 5xx)."""
+
+
+class TransientError(Exception):
+    """Raised by a backend for a failure worth retrying (5xx, 408, 429, a short download)."""
+
+
+class Entry(NamedTuple):
+    size: Optional[int]  # None where the backend cannot tell without another request (moxing)
+    mtime: Optional[float]  # seconds since the epoch; None when unknown
+
+
+@dataclass
+class SyncReport:
+    files: int
+    bytes: int
+    skipped: int
+    seconds: float
+    backend: str = "local"
+
+    @property
+    def mb_per_s(self) -> float:
+        return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
+
+    def summary(self) -> str:
+        return "%d files, %d bytes (%.1f MB), %d skipped, %.2f s, %.1f MB/s, backend %s" % (
+            self.files, self.bytes, self.bytes / 1e6, self.skipped, self.seconds,
+            self.mb_per_s, self.backend)
+
+
+def is_remote(url: str) -> bool:
+    """True for ``obs://`` and ``s3://`` URLs, False for local paths."""
+    head, sep, _ = str(url).partition("://")
+    return bool(sep) and head.lower() in REMOTE_SCHEMES
+
+
+# --------------------------------------------------------------------------- locations
+
+@dataclass(frozen=True)
+class Location:
+    """One side of a sync: a local path, or a bucket and key of a remote store."""
+    scheme: str  # "" for local paths
+    bucket: str
+    key: str
+    path: str  # local paths only (absolute)
+    slash: bool = False  # a local path written with a trailing separator
+
+    @property
+    def remote(self) -> bool:
+        return bool(self.scheme)
+
+    @property
+    def url(self) -> str:
+        if self.remote:
+            return "%s://%s/%s" % (self.scheme, self.bucket, self.key)
+        return self.path
+
+    @property
+    def dir_like(self) -> bool:
+        """Written with a trailing slash: names a folder, not an object."""
+        return (self.key.endswith("/") or self.key == "") if self.remote else self.slash
+
+    @property
+    def basename(self) -> str:
+        return (self.key.rstrip("/") if self.remote else self.path.rstrip(os.sep)).rsplit("/", 1)[-1]
+
+    def as_dir(self) -> Location:
+        if self.remote:
+            key = self.key if self.key == "" or self.key.endswith("/") else self.key + "/"
+            return Location(self.scheme, self.bucket, key, "")
+        return self
+
+    def join(self, rel: str) -> Location:
+        if not rel:
+            return self
+        if self.remote:
+            return Location(self.scheme, self.bucket, self.as_dir().key + rel, "")
+        return Location("", "", "", os.path.join(self.path, *rel.split("/")))
+
+
+def parse_location(url: str) -> Location:
+    url = os.fspath(url)
+    if not url:
+        raise UserError("empty storage path: give a local folder or an obs://bucket/path URL")
+    if is_remote(url):
+        scheme, _, rest = url.partition("://")
+        bucket, _, key = rest.partition("/")
+        if not _BUCKET_RE.match(bucket):
+            raise UserError("%r: %r is not a bucket name: write obs://BUCKET/path"
+                            % (url, bucket))
+        key = key.lstrip("/")
+        if ".." in key.split("/"):
+            raise UserError("%r contains a '..' component: write the key without it" % url)
+        return Location(scheme.lower(), bucket, key, "")
+    if "://" in url:
+        raise UserError("%r: unsupported URL scheme (use obs://, s3:// or a local path)" % url)
+    return Location("", "", "", os.path.abspath(os.path.expanduser(url)),
+                    url.endswith(("/", os.sep)))
+
+
+def check_relative_key(rel: str, where: str) -> str:
+    """Refuse an object key (relative to the folder being synced) that would be written outside
+    the destination folder: '..' or '.' parts, an absolute key, a backslash (a separator on
+    Windows tools that wrote or will read the folder), a NUL."""
+    bad = (not rel or rel.startswith("/") or "\\" in rel or "\x00" in rel
+           or any(part in ("..", ".") for part in rel.split("/")))
+    if bad:
+        raise UserError("refusing object key %r under %s: it would be written outside the "
+                        "destination folder (remove or rename that object)" % (rel, where))
+    return rel
+
+
+# --------------------------------------------------------------------------- backends
+
+class RemoteBackend:
+    """The object-level operations the sync engine needs from a store. Backends raise
+    ``TransientError`` (or any other exception) for failures worth retrying and
+    ``StorageError`` for permanent ones."""
+
+    name = "remote"
+
+    def stat(self, loc: Location) -> Optional[Entry]:
+        """The object at ``loc.key``, or None when there is no such object."""
+        raise NotImplementedError
+
+    def list(self, loc: Location) -> Iterator[Tuple[str, Entry]]:
+        """Every object whose key starts with ``loc.key`` (a folder prefix ending in '/', or '')."""
+        raise NotImplementedError
+
+    def size(self, loc: Location) -> int:
+        entry = self.stat(loc)
+        if entry is None or entry.size is None:
+            raise StorageError("%s: no such object" % loc.url)
+        return entry.size
+
+    def download(self, loc: Location, path: str) -> None:
+        raise NotImplementedError
+
+    def upload(self, path: str, loc: Location) -> None:
+        raise NotImplementedError
+
+    def copy(self, src: Location, dst: Location) -> None:
+        raise NotImplementedError
+
+    def copy_tree(self, src: str, dst: str, threads: int) -> bool:
+        """Copy a whole folder in one call where the backend has a faster way; False if not."""
+        return False
+
+    def close(self) -> None:
+        pass
+
+
+class MockBackend(RemoteBackend):
+    """``obs://bucket/key`` ↦ ``<root>/bucket/key``: the local dry run's object store. Buckets are
+    created on first write (a real store needs them created beforehand)."""
+
+    name = "mock"
+
+    def __init__(self, root: str):
+        self.root = os.path.abspath(root)
+
+    def _path(self, loc: Location) -> str:
+        return os.path.join(self.root, loc.bucket, *[p for p in loc.key.split("/") if p])
+
+    def stat(self, loc):
+        if not loc.key or loc.key.endswith("/"):
+            return None
+        return _local_stat(self._path(loc))
+
+    def list(self, loc):
+        # A missing bucket lists as empty: the mock creates buckets on first write.
+        base = loc.as_dir().key
+        for rel, entry in list_local_dir(self._path(loc.as_dir())).items():
+            yield base + rel, entry
+
+    def download(self, loc, path):
+        try:
+            shutil.copyfile(self._path(loc), path)
+        except FileNotFoundError:
+            raise StorageError("%s: no such object" % loc.url) from None
+
+    def upload(self, path, loc):
+        atomic_local_write(self._path(loc), lambda tmp: shutil.copyfile(path, tmp))
+
+    def copy(self, src, dst):
+        self.upload(self._path(src), dst)
+
+
+class ObsSdkBackend(RemoteBackend):
+    """Huawei's OBS SDK; speaks to OBS and to any S3-compatible endpoint."""
+
+    name = "obs-sdk"
+
+    def __init__(self, environ: Optional[Mapping[str, str]] = None, *, max_keys: int = 1000):
+        settings = sdk_settings(os.environ if environ is None else environ)
+        if settings is None:
+            raise UserError("the OBS SDK needs OBS_ACCESS_KEY_ID, OBS_SECRET_ACCESS_KEY and "
+                            "S3_ENDPOINT (or OBS_ENDPOINT) in the environment")
+        from obs import ObsClient  # lazily: only this backend needs the SDK
+
+        self.endpoint = settings["server"]
+        self.max_keys = max_keys
+        # max_retry_count=0: one retry policy (ours, with jitter) rather than two stacked ones.
+        self._client = ObsClient(max_retry_count=0, **settings)
+        log.debug("OBS SDK client for %s (signature %s, path_style %s)", self.endpoint,
+                  settings["signature"], settings["path_style"])
+
+    def _check(self, resp, loc: Location, what: str):
+        status = getattr(resp, "status", None)
+        if status is not None and status < 300:
+            return resp
+        detail = "%s %s %s" % (status, getattr(resp, "errorCode", "") or "",
+                               getattr(resp, "errorMessage", "") or "")
+        message = "%s: %s failed: %s" % (loc.url, what, " ".join(detail.split()))
+        if status is None or status >= 500 or status in (408, 429):
+            raise TransientError(message)
+        if status == 403:
+            message += " (check the access key's permissions on bucket %r)" % loc.bucket
+        elif getattr(resp, "errorCode", "") == "NoSuchBucket":
+            message += " (no bucket %r at %s)" % (loc.bucket, self.endpoint)
+        raise StorageError(message)
+
+    def stat(self, loc):
+        if not loc.key or loc.key.endswith("/"):
+            return None
+        resp = self._client.headObject(loc.bucket, loc.key)
+        if getattr(resp, "status", None) == 404:
+            return None  # a HEAD answer has no body to tell a missing bucket: listing will
+        self._check(resp, loc, "head")
+        headers = dict(resp.header or [])
+        size = headers.get("content-length")
+        return Entry(int(size) if size is not None else None,
+                     _parse_http_date(headers.get("last-modified")))
+
+    def list(self, loc):
+        prefix = loc.as_dir().key
+        marker = None
+        while True:
+            resp = self._check(self._client.listObjects(
+                loc.bucket, prefix=prefix or None, marker=marker, max_keys=self.max_keys),
+                loc, "list")
+            contents = resp.body.contents or []
+            for obj in contents:
+                yield obj.key, Entry(int(obj.size), _parse_sdk_time(obj.lastModified))
+            if not resp.body.is_truncated or not contents:
+                return
+            # OBS returns next_marker; plain S3 returns it only with a delimiter.
+            marker = resp.body.next_marker or contents[-1].key
+
+    def download(self, loc, path):
+        self._check(self._client.getObject(loc.bucket, loc.key, downloadPath=path), loc, "download")
+
+    def upload(self, path, loc):
+        self._check(self._client.putFile(loc.bucket, loc.key, path), loc, "upload")
+
+    def copy(self, src, dst):
+        self._check(self._client.copyObject(src.bucket, src.key, dst.bucket, dst.key), dst,
+                    "copy from %s" % src.url)
+
+    def close(self):
+        self._client.close()
+
+
+class MoxingBackend(RemoteBackend):
+    """Huawei's ``moxing`` on ModelArts: every operation takes URLs (local or obs://)."""
+
+    name = "moxing"
+
+    def __init__(self, mox=None, *, safe: Optional[bool] = None):
+        if safe is None:
+            safe = os.environ.get("OBS_SYNC_MOX_SAFE", "").lower() in _TRUE
+        if safe:
+            # Huawei's documented work-around for copies that hang on large files.
+            os.environ.setdefault("MOX_FILE_LARGE_FILE_TASK_NUM", "1")
+        if mox is None:
+            import moxing as mox  # only on ModelArts; see _on_modelarts
+        self.mox = mox
+        self.safe = safe
+
+    def stat(self, loc):
+        f = self.mox.file
+        if not loc.key or loc.key.endswith("/") or not f.exists(loc.url) or f.is_directory(loc.url):
+            return None
+        return Entry(int(f.get_size(loc.url)), None)
+
+    def list(self, loc):
+        top = loc.as_dir()
+        if not self.mox.file.exists(top.url.rstrip("/")):
+            return
+        names = list(self.mox.file.list_directory(top.url, recursive=True))
+        # list_directory names folders too; a name that is a prefix of another name is a
+        # folder. Sizes are fetched only when a comparison needs them (one request each).
+        parents = set()
+        for name in names:
+            parts = name.rstrip("/").split("/")
+            for i in range(1, len(parts)):
+                parents.add("/".join(parts[:i]))
+        for name in names:
+            if name.endswith("/") or name in parents:
+                continue
+            yield top.key + name, Entry(None, None)
+
+    def size(self, loc):
+        return int(self.mox.file.get_size(loc.url))
+
+    def download(self, loc, path):
+        self.mox.file.copy(loc.url, path)
+
+    def upload(self, path, loc):
+        self.mox.file.copy(path, loc.url)
+
+    def copy(self, src, dst):
+        self.mox.file.copy(src.url, dst.url)
+
+    def copy_tree(self, src, dst, threads):
+        if self.safe:
+            self.mox.file.copy_parallel(src, dst, threads=0, is_processing=False)
+        else:
+            self.mox.file.copy_parallel(src, dst, threads=threads)
+        return True
+
+
+def _env_first(environ: Mapping[str, str], *names: str) -> str:
+    for name in names:
+        value = environ.get(name)
+        if value:
+            return value
+    return ""
+
+
+def sdk_settings(environ: Mapping[str, str]) -> Optional[dict]:
+    """ObsClient keyword arguments from the environment, or None when something is missing."""
+    ak = _env_first(environ, "OBS_ACCESS_KEY_ID", "S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
+    sk = _env_first(environ, "OBS_SECRET_ACCESS_KEY", "S3_SECRET_ACCESS_KEY",
+                    "AWS_SECRET_ACCESS_KEY")
+    endpoint = _env_first(environ, "OBS_ENDPOINT", "S3_ENDPOINT")
+    if not (ak and sk and endpoint):
+        return None
+    token = _env_first(environ, "OBS_SECURITY_TOKEN", "S3_SESSION_TOKEN", "AWS_SESSION_TOKEN")
+    if "://" not in endpoint:
+        https = environ.get("S3_USE_HTTPS", "1").lower() not in _FALSE
+        endpoint = ("https://" if https else "http://") + endpoint
+    host = endpoint.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0].lower()
+    huawei = "huaweicloud" in host or "hwclouds" in host
+    signature = environ.get("OBS_SIGNATURE", "").lower() or ("obs" if huawei else "v4")
+    if signature not in ("obs", "v2", "v4"):
+        raise UserError("OBS_SIGNATURE=%r: use obs, v2 or v4" % signature)
+    path_style_env = environ.get("OBS_PATH_STYLE", "").lower()
+    path_style = (path_style_env in _TRUE) if path_style_env else not huawei
+    verify = environ.get("S3_VERIFY_SSL", "").lower()
+    if verify in _TRUE:
+        # The SDK verifies only against a CA file it is given: hand it the system bundle.
+        ssl_verify = ssl.get_default_verify_paths().cafile or True
+    elif verify and verify not in _FALSE:
+        ssl_verify = verify  # a CA bundle path
+    else:
+        ssl_verify = False
+    settings = dict(access_key_id=ak, secret_access_key=sk, server=endpoint,
+                    signature=signature, path_style=path_style,
+                    # Negotiation asks the server which signing it wants, an OBS-only request.
+                    is_signature_negotiation=huawei and not environ.get("OBS_SIGNATURE"),
+                    ssl_verify=ssl_verify)
+    if token:
+        settings["security_token"] = token
+    region = _env_first(environ, "OBS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
+    if region:
+        settings["region"] = region
+    return settings
+
+
+def _on_modelarts(environ: Mapping[str, str]) -> bool:
+    from modelarts.environment import is_modelarts  # lazily: obs_sync also runs as a script
+
+    return bool(is_modelarts(environ))
+
+
+def _load_moxing() -> Optional[RemoteBackend]:
+    try:
+        return MoxingBackend()
+    except ImportError:
+        return None
+
+
+def select_backend(backend=None, environ: Optional[Mapping[str, str]] = None) -> RemoteBackend:
+    """The backend for remote URLs: ``backend`` itself when it is one, else by name
+    (moxing|sdk|mock), else ``OBS_SYNC_BACKEND``, else the first that is available."""
+    environ = os.environ if environ is None else environ
+    if isinstance(backend, RemoteBackend):
+        return backend
+    name = (backend or environ.get("OBS_SYNC_BACKEND", "")).lower()
+    mock_root = environ.get("OBS_MOCK_ROOT", "")
+    if name:
+        if name == "moxing":
+            mox = _load_moxing()
+            if mox is None:
+                raise UserError("OBS_SYNC_BACKEND=moxing but moxing cannot be imported: it "
+                                "exists only inside ModelArts images")
+            return mox
+        if name in ("sdk", "obs-sdk"):
+            return ObsSdkBackend(environ)
+        if name == "mock":
+            if not mock_root:
+                raise UserError("the mock backend needs OBS_MOCK_ROOT=<folder> in the environment")
+            return MockBackend(mock_root)
+        raise UserError("unknown storage backend %r: use moxing, sdk or mock" % name)
+    if _on_modelarts(environ):
+        mox = _load_moxing()
+        if mox is not None:
+            return mox
+    if sdk_settings(environ) is not None:
+        try:
+            return ObsSdkBackend(environ)
+        except ImportError:
+            log.warning("OBS credentials are set but esdk-obs-python is not installed")
+    if mock_root:
+        return MockBackend(mock_root)
+    raise UserError("no storage backend for obs:// URLs: set OBS_ACCESS_KEY_ID + "
+                    "OBS_SECRET_ACCESS_KEY + S3_ENDPOINT (with esdk-obs-python installed), or "
+                    "OBS_MOCK_ROOT=<folder> for a local dry run")
+
+
+# --------------------------------------------------------------------------- local files
+
+def atomic_local_write(path: str, write: Callable[[str], None]) -> None:
+    """``write(tmp)`` then rename ``tmp`` to ``path``: readers never see a half-written file."""
+    folder = os.path.dirname(path)
+    if folder:
+        os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, ".%s.%s%s" % (os.path.basename(path), uuid.uuid4().hex[:8],
+                                               TMP_SUFFIX))
+    try:
+        write(tmp)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.remove(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def list_local_dir(top: str) -> Dict[str, Entry]:
+    """Every file under ``top`` as 'a/b.png' → Entry; {} when ``top`` does not exist."""
+    found = {}
+    top = top.rstrip(os.sep) or os.sep
+    for root, _dirs, files in os.walk(top, followlinks=True):
+        rel_root = os.path.relpath(root, top)
+        for name in files:
+            if name.endswith(TMP_SUFFIX):
+                continue
+            full = os.path.join(root, name)
+            try:
+                st = os.stat(full)
+            except OSError:  # vanished, or a dangling link
+                continue
+            rel = name if rel_root == "." else os.path.join(rel_root, name)
+            found[rel.replace(os.sep, "/")] = Entry(st.st_size, st.st_mtime)
+    return found
+
+
+def _local_stat(path: str) -> Optional[Entry]:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return Entry(st.st_size, st.st_mtime) if os.path.isfile(path) else None
+
+
+def _parse_sdk_time(text: Optional[str]) -> Optional[float]:
+    # The SDK turns LastModified into local time as '%Y/%m/%d %H:%M:%S', or leaves the ISO text.
+    if not text:
+        return None
+    for fmt, utc in (("%Y/%m/%d %H:%M:%S", False), ("%Y-%m-%dT%H:%M:%S.%fZ", True),
+                     ("%Y-%m-%dT%H:%M:%SZ", True)):
+        try:
+            parsed = time.strptime(text, fmt)
+        except ValueError:
+            continue
+        return float(calendar.timegm(parsed) if utc else time.mktime(parsed))
+    return None
+
+
+def _parse_http_date(text: Optional[str]) -> Optional[float]:
+    if not text:
+        return None
+    try:
+        return float(calendar.timegm(time.strptime(text, "%a, %d %b %Y %H:%M:%S GMT")))
+    except ValueError:
+        return None
+
+
+# --------------------------------------------------------------------------- the engine
+
+def _backoff(attempt: int) -> float:
+    """Exponential back-off with jitter, so that many ranks retrying do not retry in step."""
+    delay = min(BACKOFF_CAP_S, BACKOFF_BASE_S * (2 ** attempt))
+    return delay * (0.5 + random.random() / 2)
+
+
+_PERMANENT = (UserError, FileNotFoundError, PermissionError, IsADirectoryError,
+              NotADirectoryError)
+
+
+def with_retries(what: str, fn: Callable[[], object], retries: int):
+    """Run ``fn``; on a transient failure wait and try again, up to ``retries`` more times."""
+    for attempt in range(retries + 1):
+        try:
+            return fn()
+        except _PERMANENT:
+            raise
+        except Exception as e:  # network errors, 5xx: worth another try
+            if attempt >= retries:
+                raise TransferError("%s: failed after %d attempts: %s: %s"
+                                    % (what, attempt + 1, type(e).__name__, e)) from e
+            delay = _backoff(attempt)
+            log.warning("%s: %s: %s; retry %d/%d in %.1f s", what, type(e).__name__, e,
+                        attempt + 1, retries, delay)
+            _sleep(delay)
+    raise AssertionError("unreachable")
+
+
+def _is_newer_or_same(dst: Entry, src: Entry) -> bool:
+    if dst.size is None or src.size is None or dst.size != src.size:
+        return False
+    if dst.mtime is None or src.mtime is None:
+        return True
+    # Same size but older than the source: an earlier run's file of the same name (checkpoints
+    # of one network all have the same size), not a copy of this one.
+    return dst.mtime + MTIME_SLACK_S >= src.mtime
+
+
+class _Plan(NamedTuple):
+    rel: str
+    src: Location
+    dst: Location
+    entry: Entry
+
+
+def _source_entries(src: Location, backend: Optional[RemoteBackend]) -> Tuple[str, Dict[str, Entry]]:
+    """('file', {'': entry}) or ('dir', {rel: entry}); UserError when nothing is there."""
+    if not src.remote:
+        entry = _local_stat(src.path)
+        if entry is not None:
+            return "file", {"": entry}
+        if os.path.isdir(src.path):
+            return "dir", list_local_dir(src.path)
+        raise UserError("%s does not exist" % src.path)
+    assert backend is not None
+    if not src.dir_like:
+        entry = backend.stat(src)
+        if entry is not None:
+            return "file", {"": entry}
+    folder = src.as_dir()
+    entries = {}
+    for key, entry in backend.list(folder):
+        rel = key[len(folder.key):]
+        if not rel or key.endswith("/"):
+            continue  # folder placeholder objects
+        entries[check_relative_key(rel, folder.url)] = entry
+    if not entries:
+        raise UserError("%s does not exist (no object and no objects under it)" % src.url)
+    return "dir", entries
+
+
+def _dest_entries(dst: Location, backend: Optional[RemoteBackend]) -> Dict[str, Entry]:
+    if not dst.remote:
+        if os.path.isfile(dst.path):
+            raise UserError("cannot sync a folder into %s: it is a file" % dst.path)
+        return list_local_dir(dst.path)
+    assert backend is not None
+    folder = dst.as_dir()
+    found = {}
+    for key, entry in backend.list(folder):
+        rel = key[len(folder.key):]
+        if rel and not key.endswith("/"):
+            found[rel] = entry
+    return found
+
+
+def _transfer(item: _Plan, backend: Optional[RemoteBackend]) -> int:
+    """Copy one file; returns the bytes moved."""
+    src, dst, expected = item.src, item.dst, item.entry.size
+    if not dst.remote:
+        def write(tmp: str) -> None:
+            if src.remote:
+                backend.download(src, tmp)
+                got = os.path.getsize(tmp)
+                if expected is not None and got != expected:
+                    raise TransientError("%s: short download, %d of %d bytes"
+                                         % (src.url, got, expected))
+            else:
+                shutil.copyfile(src.path, tmp)
+            if item.entry.mtime is not None:
+                # The copy carries the source's time (like rsync -t), so syncing it back the
+                # other way sees it as unchanged rather than newer.
+                os.utime(tmp, (item.entry.mtime, item.entry.mtime))
+
+        atomic_local_write(dst.path, write)
+        return os.path.getsize(dst.path)
+    if src.remote:
+        backend.copy(src, dst)
+        return expected if expected is not None else backend.size(dst)
+    size = os.path.getsize(src.path)
+    backend.upload(src.path, dst)
+    return size
+
+
+def _fill_sizes(entries: Dict[str, Entry], folder: Location, rels: Iterable[str],
+                backend: RemoteBackend, pool: concurrent.futures.Executor) -> None:
+    """Ask for sizes the listing did not give (moxing), only where a comparison needs them."""
+    missing = [rel for rel in rels if entries[rel].size is None]
+    sizes = pool.map(lambda rel: backend.size(folder.join(rel)), missing)
+    for rel, size in zip(missing, sizes):
+        entries[rel] = Entry(size, entries[rel].mtime)
+
+
+def sync(src: str, dst: str, *, threads: int = 8, retries: int = 3, backend=None,
+         incremental: bool = True, exclude: Iterable[str] = ()) -> SyncReport:
+    """Copy the file or folder ``src`` to ``dst`` (local paths or obs://, s3:// URLs).
+
+    A folder's contents land in ``dst`` (like ``rsync src/ dst/``). A file lands at ``dst``, or
+    inside it when ``dst`` ends with '/' or is an existing local folder. With ``incremental``,
+    files whose destination copy has the same size and is not older are skipped. ``exclude``:
+    glob patterns matched against paths relative to ``src``. ``backend``: None (automatic), a
+    name (moxing|sdk|mock) or a ``RemoteBackend``."""
+    start = time.monotonic()
+    threads = max(1, int(threads))
+    retries = max(0, int(retries))
+    s, d = parse_location(src), parse_location(dst)
+    be = select_backend(backend) if (s.remote or d.remote) else None
+    try:
+        report = _sync(s, d, be, threads, retries, incremental, tuple(exclude))
+    finally:
+        if be is not None and be is not backend:
+            be.close()
+    report.seconds = time.monotonic() - start
+    log.info("synced %s -> %s: %s", s.url, d.url, report.summary())
+    return report
+
+
+def _sync(s: Location, d: Location, be: Optional[RemoteBackend], threads: int, retries: int,
+          incremental: bool, exclude: Tuple[str, ...]) -> SyncReport:
+    name = be.name if be is not None else "local"
+    kind, src_entries = with_retries("list %s" % s.url, lambda: _source_entries(s, be), retries)
+    if kind == "file":
+        if d.dir_like or (not d.remote and os.path.isdir(d.path)):
+            d = d.as_dir().join(s.basename)
+        if not s.remote and not d.remote and s.path == d.path:
+            return SyncReport(0, 0, 1, 0.0, name)
+        entry = src_entries[""]
+        dst_entry = None
+        if incremental:
+            dst_entry = (_local_stat(d.path) if not d.remote
+                         else with_retries("stat %s" % d.url, lambda: be.stat(d), retries))
+        if dst_entry is not None and entry.size is None and be is not None:
+            entry = Entry(be.size(s), entry.mtime)
+        if dst_entry is not None and dst_entry.size is None and be is not None:
+            dst_entry = Entry(be.size(d), dst_entry.mtime)
+        if dst_entry is not None and _is_newer_or_same(dst_entry, entry):
+            return SyncReport(0, 0, 1, 0.0, name)
+        moved = with_retries("copy %s -> %s" % (s.url, d.url),
+                             lambda: _transfer(_Plan("", s, d, entry), be), retries)
+        return SyncReport(1, moved, 0, 0.0, name)
+
+    if exclude:
+        src_entries = {rel: e for rel, e in src_entries.items()
+                       if not any(fnmatch.fnmatchcase(rel, pat) for pat in exclude)}
+    if not s.remote and not d.remote and s.path == d.path:
+        return SyncReport(0, 0, len(src_entries), 0.0, name)
+    dst_entries = (with_retries("list %s" % d.url, lambda: _dest_entries(d, be), retries)
+                   if incremental else {})
+    with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="obs_sync") as pool:
+        common = [rel for rel in src_entries if rel in dst_entries]
+        if be is not None and common:
+            if s.remote:
+                _fill_sizes(src_entries, s.as_dir(), common, be, pool)
+            if d.remote:
+                _fill_sizes(dst_entries, d.as_dir(), common, be, pool)
+        todo = [rel for rel in src_entries
+                if rel not in dst_entries or not _is_newer_or_same(dst_entries[rel],
+                                                                   src_entries[rel])]
+        skipped = len(src_entries) - len(todo)
+        if (be is not None and not dst_entries and todo and not exclude
+                and len(todo) == len(src_entries)):
+            # Nothing at the destination: let the backend copy the folder its own way.
+            if with_retries("copy %s -> %s" % (s.url, d.url),
+                            lambda: be.copy_tree(s.as_dir().url, d.as_dir().url, threads),
+                            retries):
+                moved = _copied_bytes(s, d, todo, src_entries, be, pool)
+                return SyncReport(len(todo), moved, 0, 0.0, name)
+        # Largest first, so one big file does not start last and run alone.
+        todo.sort(key=lambda rel: -(src_entries[rel].size or 0))
+        plans = [_Plan(rel, s.join(rel), d.join(rel), src_entries[rel]) for rel in todo]
+        futures = [pool.submit(with_retries, "copy %s -> %s" % (p.src.url, p.dst.url),
+                               lambda p=p: _transfer(p, be), retries) for p in plans]
+        moved = 0
+        try:
+            for future in concurrent.futures.as_completed(futures):
+                moved += future.result()
+        except BaseException:
+            for future in futures:
+                future.cancel()
+            raise
+    return SyncReport(len(plans), moved, skipped, 0.0, name)
+
+
+def _copied_bytes(s: Location, d: Location, rels: List[str], entries: Dict[str, Entry],
+                  be: RemoteBackend, pool: concurrent.futures.Executor) -> int:
+    total = 0
+    unknown = []
+    for rel in rels:
+        size = entries[rel].size
+        if size is None and not d.remote:
+            entry = _local_stat(d.join(rel).path)
+            size = entry.size if entry else None
+        if size is None:
+            unknown.append(rel)
+        else:
+            total += size
+    return total + sum(pool.map(lambda rel: be.size(d.join(rel)), unknown))
+
+
+# --------------------------------------------------------------------------- extras used by the job
+
+def list_files(url: str, *, backend=None) -> Dict[str, Entry]:
+    """Files under the folder ``url`` (relative path → Entry); {} when there are none."""
+    loc = parse_location(url)
+    if not loc.remote:
+        return list_local_dir(loc.path) if os.path.isdir(loc.path) else {}
+    be = select_backend(backend)
+    try:
+        return _dest_entries(loc, be)
+    finally:
+        if be is not backend:
+            be.close()
+
+
+def exists(url: str, *, backend=None) -> bool:
+    """True when ``url`` is a file/object or a folder/prefix holding at least one file."""
+    loc = parse_location(url)
+    if not loc.remote:
+        return os.path.exists(loc.path)
+    be = select_backend(backend)
+    try:
+        if not loc.dir_like and be.stat(loc) is not None:
+            return True
+        for _ in be.list(loc.as_dir()):
+            return True
+        return False
+    finally:
+        if be is not backend:
+            be.close()
+
+
+# --------------------------------------------------------------------------- CLI
+
+def main(argv: Optional[List[str]] = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="obs_sync.py", description="Copy files/folders between obs://, s3:// and local paths.")
+    parser.add_argument("src")
+    parser.add_argument("dst")
+    parser.add_argument("--threads", type=int, default=8)
+    parser.add_argument("--retries", type=int, default=3)
+    parser.add_argument("--backend", default=None, help="moxing|sdk|mock (default: automatic)")
+    parser.add_argument("--full", action="store_true", help="copy every file, even unchanged ones")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        report = sync(args.src, args.dst, threads=args.threads, retries=args.retries,
+                      backend=args.backend, incremental=not args.full)
+    except UserError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 2
+    except TransferError as e:
+        print("error: %s" % e, file=sys.stderr)
+        return 1
+    print("%s -> %s: %s" % (args.src, args.dst, report.summary()))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,470 @@
+"""obs_sync: the filesystem mock in every direction, the OBS SDK against moto_server on loopback,
+a fake moxing module, retries, key safety and atomic local writes."""
+from __future__ import annotations
+
+import logging
+import os
+import sys
+import time
+import types
+
+import pytest
+
+import obs_sync
+from obs_sync import Entry, MockBackend, StorageError, TransferError, sync
+from src.errors import UserError
+
+
+def make_tree(root, files):
+    for rel, data in files.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    return root
+
+
+def read_tree(root):
+    return {str(p.relative_to(root)).replace(os.sep, "/"): p.read_bytes()
+            for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+FILES = {"a.txt": b"alpha", "sub/b.bin": os.urandom(3000), "sub/deep/c.png": b"c" * 10}
+
+
+@pytest.fixture
+def no_sleep(monkeypatch):
+    slept = []
+    monkeypatch.setattr(obs_sync, "_sleep", slept.append)
+    return slept
+
+
+# --------------------------------------------------------------------------- URLs and keys
+
+def test_is_remote_and_parse():
+    assert obs_sync.is_remote("obs://b/k") and obs_sync.is_remote("S3://b/k")
+    assert not obs_sync.is_remote("/cache/data") and not obs_sync.is_remote("http://x/y")
+    loc = obs_sync.parse_location("obs://bucket/a/b/")
+    assert (loc.bucket, loc.key, loc.dir_like) == ("bucket", "a/b/", True)
+    assert loc.join("c.txt").url == "obs://bucket/a/b/c.txt"
+    for bad in ("obs://", "obs://../x", "obs://b/a/../../x", "ftp://host/x"):
+        with pytest.raises(UserError):
+            obs_sync.parse_location(bad)
+
+
+@pytest.mark.parametrize("key", ["../x", "a/../../x", "/etc/passwd", "a\\..\\x", "a/./b", "..", "a/b\x00"])
+def test_escaping_keys_refused(key):
+    with pytest.raises(UserError, match="refusing object key"):
+        obs_sync.check_relative_key(key, "obs://b/data/")
+
+
+def test_plain_keys_accepted():
+    for key in ("a.txt", "sub/dir/x..y.png", ".hidden/file"):
+        assert obs_sync.check_relative_key(key, "obs://b/") == key
+
+
+# --------------------------------------------------------------------------- the mock, every direction
+
+def test_mock_every_direction(tmp_path, mock_obs):
+    src = make_tree(tmp_path / "src", FILES)
+    up = sync(str(src), "obs://bkt/data")
+    assert (up.files, up.bytes, up.skipped, up.backend) == (3, sum(map(len, FILES.values())), 0,
+                                                            "mock")
+    assert read_tree(mock_obs / "bkt" / "data") == FILES
+
+    down = sync("obs://bkt/data/", str(tmp_path / "down"))
+    assert down.files == 3 and read_tree(tmp_path / "down") == FILES
+
+    r2r = sync("obs://bkt/data", "s3://bkt/copy/")
+    assert r2r.files == 3 and read_tree(mock_obs / "bkt" / "copy") == FILES
+
+    l2l = sync(str(src), str(tmp_path / "local_copy"))
+    assert l2l.files == 3 and l2l.backend == "local"
+    assert read_tree(tmp_path / "local_copy") == FILES
+
+
+def test_single_files(tmp_path, mock_obs):
+    src = make_tree(tmp_path / "src", FILES)
+    sync(str(src / "a.txt"), "obs://bkt/one/a_copy.txt")
+    assert (mock_obs / "bkt" / "one" / "a_copy.txt").read_bytes() == b"alpha"
+    sync(str(src / "sub" / "b.bin"), "obs://bkt/one/")  # trailing slash: into the folder
+    assert (mock_obs / "bkt" / "one" / "b.bin").read_bytes() == FILES["sub/b.bin"]
+    (tmp_path / "into").mkdir()
+    sync("obs://bkt/one/a_copy.txt", str(tmp_path / "into"))  # an existing folder
+    assert (tmp_path / "into" / "a_copy.txt").read_bytes() == b"alpha"
+    sync("obs://bkt/one/b.bin", str(tmp_path / "exact.bin"))
+    assert (tmp_path / "exact.bin").read_bytes() == FILES["sub/b.bin"]
+
+
+def test_missing_source_names_it(tmp_path, mock_obs):
+    with pytest.raises(UserError, match="obs://bkt/nope does not exist"):
+        sync("obs://bkt/nope", str(tmp_path / "x"))
+    with pytest.raises(UserError, match="does not exist"):
+        sync(str(tmp_path / "absent"), "obs://bkt/x")
+
+
+def test_incremental_skips_same_size_not_older(tmp_path, mock_obs):
+    src = make_tree(tmp_path / "src", FILES)
+    sync(str(src), "obs://bkt/data")
+    again = sync(str(src), "obs://bkt/data")
+    assert (again.files, again.bytes, again.skipped) == (0, 0, 3)
+
+    (src / "a.txt").write_bytes(b"alpha, longer now")
+    changed = sync(str(src), "obs://bkt/data")
+    assert (changed.files, changed.skipped) == (1, 2)
+
+    # Same size but the destination copy is older than the source: a leftover of an earlier
+    # run (e.g. a checkpoint of the same name), not a copy of this file.
+    stale = mock_obs / "bkt" / "data" / "sub" / "b.bin"
+    stale.write_bytes(b"x" * len(FILES["sub/b.bin"]))
+    old = time.time() - 3600
+    os.utime(stale, (old, old))
+    fixed = sync(str(src), "obs://bkt/data")
+    assert fixed.files == 1 and stale.read_bytes() == FILES["sub/b.bin"]
+
+    full = sync(str(src), "obs://bkt/data", incremental=False)
+    assert full.files == 3
+
+
+def test_exclude_patterns(tmp_path, mock_obs):
+    src = make_tree(tmp_path / "src", {"keep.txt": b"k", "logs/rank_1.log": b"l"})
+    report = sync(str(src), "obs://bkt/out", exclude=["logs/rank_*.log"])
+    assert report.files == 1 and read_tree(mock_obs / "bkt" / "out") == {"keep.txt": b"k"}
+
+
+class HalfThenDie(MockBackend):
+    """Writes half of the object and then fails, like a sync killed mid-file."""
+
+    def download(self, loc, path):
+        with open(self._path(loc), "rb") as f, open(path, "wb") as out:
+            out.write(f.read()[:100])
+        raise ConnectionResetError("peer went away")
+
+
+def test_local_writes_are_atomic(tmp_path, mock_obs, no_sleep):
+    make_tree(mock_obs / "bkt" / "data", {"big.bin": os.urandom(5000)})
+    dst = tmp_path / "dst"
+    with pytest.raises(TransferError, match="failed after 2 attempts"):
+        sync("obs://bkt/data", str(dst), retries=1, backend=HalfThenDie(str(mock_obs)))
+    assert read_tree(dst) == {}  # neither a half file nor a temporary one is left
+
+    # A temporary file left by a killed process is neither taken as the file nor uploaded.
+    (dst / (".big.bin.1234abcd" + obs_sync.TMP_SUFFIX)).write_bytes(b"half")
+    report = sync("obs://bkt/data", str(dst))
+    assert report.files == 1 and (dst / "big.bin").stat().st_size == 5000
+    up = sync(str(dst), "obs://bkt/back")
+    assert up.files == 1 and read_tree(mock_obs / "bkt" / "back").keys() == {"big.bin"}
+
+
+class Latency(MockBackend):
+    """Each request waits like a round trip to a remote store."""
+
+    def download(self, loc, path):
+        time.sleep(0.02)
+        super().download(loc, path)
+
+
+def test_threads_overlap_latency_bound_transfers(tmp_path, mock_obs):
+    make_tree(mock_obs / "bkt" / "many", {"f%02d.png" % i: b"p" * 100 for i in range(40)})
+    seconds = {}
+    for threads in (1, 8):
+        report = sync("obs://bkt/many", str(tmp_path / str(threads)), threads=threads,
+                      backend=Latency(str(mock_obs)))
+        assert report.files == 40
+        seconds[threads] = report.seconds
+    assert seconds[8] < seconds[1] / 2.5, seconds
+
+
+# --------------------------------------------------------------------------- retries
+
+class Flaky(MockBackend):
+    def __init__(self, root, failures, error):
+        super().__init__(root)
+        self.failures, self.error, self.calls = failures, error, 0
+
+    def download(self, loc, path):
+        self.calls += 1
+        if self.calls <= self.failures:
+            raise self.error
+        super().download(loc, path)
+
+
+def test_transient_failures_are_retried_with_backoff(tmp_path, mock_obs, no_sleep):
+    make_tree(mock_obs / "bkt" / "f", {"x.bin": b"payload"})
+    flaky = Flaky(str(mock_obs), 2, ConnectionError("connection reset"))
+    report = sync("obs://bkt/f/x.bin", str(tmp_path / "x.bin"), retries=3, backend=flaky)
+    assert report.files == 1 and flaky.calls == 3
+    assert (tmp_path / "x.bin").read_bytes() == b"payload"
+    # Two waits, the second drawn from a window twice as large (jittered exponential back-off).
+    assert len(no_sleep) == 2
+    assert 0.5 * obs_sync.BACKOFF_BASE_S <= no_sleep[0] <= obs_sync.BACKOFF_BASE_S
+    assert obs_sync.BACKOFF_BASE_S <= no_sleep[1] <= 2 * obs_sync.BACKOFF_BASE_S
+
+
+def test_retries_exhausted(tmp_path, mock_obs, no_sleep):
+    make_tree(mock_obs / "bkt" / "f", {"x.bin": b"payload"})
+    flaky = Flaky(str(mock_obs), 10, obs_sync.TransientError("503 SlowDown"))
+    with pytest.raises(TransferError, match=r"obs://bkt/f/x.bin.*failed after 3 attempts.*503"):
+        sync("obs://bkt/f/x.bin", str(tmp_path / "x.bin"), retries=2, backend=flaky)
+    assert flaky.calls == 3 and len(no_sleep) == 2
+
+
+def test_client_errors_fail_at_once(tmp_path, mock_obs, no_sleep):
+    make_tree(mock_obs / "bkt" / "f", {"x.bin": b"payload"})
+    denied = Flaky(str(mock_obs), 10, StorageError("obs://bkt/f/x.bin: download failed: 403"))
+    with pytest.raises(StorageError, match="obs://bkt/f/x.bin.*403"):
+        sync("obs://bkt/f", str(tmp_path / "d"), retries=5, backend=denied)
+    assert denied.calls == 1 and no_sleep == []
+
+
+class Resp:
+    def __init__(self, status, code="", message=""):
+        self.status, self.errorCode, self.errorMessage = status, code, message
+
+
+def test_sdk_status_classification(clean_storage_env):
+    for name, value in {"OBS_ACCESS_KEY_ID": "ak", "OBS_SECRET_ACCESS_KEY": "sk",
+                        "S3_ENDPOINT": "http://127.0.0.1:9"}.items():
+        clean_storage_env.setenv(name, value)
+    backend = obs_sync.ObsSdkBackend()
+    loc = obs_sync.parse_location("obs://bkt/k")
+    assert backend._check(Resp(200), loc, "get").status == 200
+    for status in (500, 503, 408, 429, None):
+        with pytest.raises(obs_sync.TransientError):
+            backend._check(Resp(status), loc, "get")
+    with pytest.raises(StorageError, match=r"obs://bkt/k: get failed: 403 AccessDenied.*"
+                                           r"permissions on bucket 'bkt'"):
+        backend._check(Resp(403, "AccessDenied", "Access Denied"), loc, "get")
+    with pytest.raises(StorageError, match="no bucket 'bkt'"):
+        backend._check(Resp(404, "NoSuchBucket", "gone"), loc, "list")
+
+
+# --------------------------------------------------------------------------- backend selection
+
+def test_no_backend_says_what_to_set(tmp_path, clean_storage_env):
+    with pytest.raises(UserError, match="OBS_ACCESS_KEY_ID.*OBS_SECRET_ACCESS_KEY.*S3_ENDPOINT"
+                                        ".*OBS_MOCK_ROOT"):
+        sync("obs://bkt/data", str(tmp_path / "x"))
+
+
+def test_sdk_settings_from_environment():
+    huawei = obs_sync.sdk_settings({"S3_ACCESS_KEY_ID": "ak", "S3_SECRET_ACCESS_KEY": "sk",
+                                    "S3_ENDPOINT": "obs.cn-north-4.myhuaweicloud.com",
+                                    "S3_VERIFY_SSL": "0"})
+    assert huawei["server"] == "https://obs.cn-north-4.myhuaweicloud.com"
+    assert (huawei["signature"], huawei["path_style"], huawei["is_signature_negotiation"],
+            huawei["ssl_verify"]) == ("obs", False, True, False)
+    other = obs_sync.sdk_settings({"AWS_ACCESS_KEY_ID": "ak", "AWS_SECRET_ACCESS_KEY": "sk",
+                                   "AWS_SESSION_TOKEN": "tok", "OBS_ENDPOINT": "minio:9000",
+                                   "S3_USE_HTTPS": "0"})
+    assert other["server"] == "http://minio:9000" and other["security_token"] == "tok"
+    assert (other["signature"], other["path_style"], other["is_signature_negotiation"]) == (
+        "v4", True, False)
+    forced = obs_sync.sdk_settings({"OBS_ACCESS_KEY_ID": "a", "OBS_SECRET_ACCESS_KEY": "s",
+                                    "S3_ENDPOINT": "https://obs.x.myhuaweicloud.com",
+                                    "OBS_SIGNATURE": "v4", "OBS_PATH_STYLE": "1"})
+    assert (forced["signature"], forced["path_style"], forced["is_signature_negotiation"]) == (
+        "v4", True, False)
+    assert obs_sync.sdk_settings({"OBS_ACCESS_KEY_ID": "a", "S3_ENDPOINT": "x"}) is None
+
+
+# --------------------------------------------------------------------------- moxing (fake module)
+
+class FakeMoxFile:
+    """Enough of moxing.file, backed by a folder: obs://b/k ↦ <root>/b/k; records calls."""
+
+    def __init__(self, root):
+        self.root, self.calls = root, []
+
+    def _p(self, url):
+        return os.path.join(self.root, url.split("://", 1)[1]) if "://" in url else url
+
+    def exists(self, url):
+        self.calls.append(("exists", url))
+        return os.path.exists(self._p(url))
+
+    def is_directory(self, url):
+        self.calls.append(("is_directory", url))
+        return os.path.isdir(self._p(url))
+
+    def get_size(self, url):
+        self.calls.append(("get_size", url))
+        return os.path.getsize(self._p(url))
+
+    def list_directory(self, url, recursive=False):
+        self.calls.append(("list_directory", url, recursive))
+        top = self._p(url)
+        names = []
+        for root, dirs, files in os.walk(top):
+            for name in dirs + files:
+                names.append(os.path.relpath(os.path.join(root, name), top))
+        return sorted(names)
+
+    def copy(self, src, dst):
+        self.calls.append(("copy", src, dst))
+        os.makedirs(os.path.dirname(self._p(dst)), exist_ok=True)
+        with open(self._p(src), "rb") as f, open(self._p(dst), "wb") as g:
+            g.write(f.read())
+
+    def copy_parallel(self, src, dst, threads=8, is_processing=True):
+        self.calls.append(("copy_parallel", src, dst, threads, is_processing))
+        for rel in self.list_directory(src, recursive=True):
+            if not os.path.isdir(os.path.join(self._p(src), rel)):
+                self.copy(src.rstrip("/") + "/" + rel, dst.rstrip("/") + "/" + rel)
+
+
+@pytest.fixture
+def fake_moxing(tmp_path, clean_storage_env):
+    fake = types.ModuleType("moxing")
+    fake.file = FakeMoxFile(str(tmp_path / "mox_root"))
+    clean_storage_env.setitem(sys.modules, "moxing", fake)
+    return fake.file
+
+
+def test_moxing_used_only_on_modelarts(tmp_path, fake_moxing, mock_obs, monkeypatch):
+    make_tree(mock_obs / "bkt", {"x.txt": b"x"})
+    monkeypatch.setattr(obs_sync, "_on_modelarts", lambda environ: False)
+    assert sync("obs://bkt/x.txt", str(tmp_path / "x.txt")).backend == "mock"
+    assert fake_moxing.calls == []
+
+
+def test_moxing_backend(tmp_path, fake_moxing, monkeypatch):
+    monkeypatch.setattr(obs_sync, "_on_modelarts", lambda environ: True)
+    make_tree(tmp_path / "mox_root" / "bkt" / "data", FILES)
+    dst = tmp_path / "cache" / "data"
+
+    first = sync("obs://bkt/data", str(dst), threads=4)
+    assert first.backend == "moxing" and first.files == 3
+    assert first.bytes == sum(map(len, FILES.values()))
+    assert read_tree(dst) == FILES
+    kinds = [c[0] for c in fake_moxing.calls]
+    assert ("list_directory", "obs://bkt/data/", True) in fake_moxing.calls
+    assert kinds.count("copy_parallel") == 1 and "get_size" not in kinds
+    assert ("copy_parallel", "obs://bkt/data/", str(dst), 4, True) in fake_moxing.calls
+
+    fake_moxing.calls.clear()
+    again = sync("obs://bkt/data", str(dst))
+    assert (again.files, again.skipped) == (0, 3)
+    assert [c for c in fake_moxing.calls if c[0] in ("copy", "copy_parallel")] == []
+    assert sum(c[0] == "get_size" for c in fake_moxing.calls) == 3
+
+    (tmp_path / "mox_root" / "bkt" / "data" / "a.txt").write_bytes(b"changed!")
+    fake_moxing.calls.clear()
+    changed = sync("obs://bkt/data", str(dst))
+    assert (changed.files, changed.skipped) == (1, 2)
+    copies = [c for c in fake_moxing.calls if c[0] == "copy"]
+    assert len(copies) == 1 and copies[0][1] == "obs://bkt/data/a.txt"
+    assert (dst / "a.txt").read_bytes() == b"changed!"
+
+    one = sync(str(dst / "a.txt"), "obs://bkt/out/a.txt")
+    assert one.files == 1 and ("copy", str(dst / "a.txt"), "obs://bkt/out/a.txt") in \
+        fake_moxing.calls
+
+
+def test_moxing_safe_mode(tmp_path, fake_moxing, monkeypatch):
+    monkeypatch.setattr(obs_sync, "_on_modelarts", lambda environ: True)
+    monkeypatch.setenv("OBS_SYNC_MOX_SAFE", "1")
+    monkeypatch.delenv("MOX_FILE_LARGE_FILE_TASK_NUM", raising=False)
+    make_tree(tmp_path / "mox_root" / "bkt" / "data", FILES)
+    sync("obs://bkt/data", str(tmp_path / "d"))
+    assert os.environ["MOX_FILE_LARGE_FILE_TASK_NUM"] == "1"
+    assert [c[3:] for c in fake_moxing.calls if c[0] == "copy_parallel"] == [(0, False)]
+
+
+# --------------------------------------------------------------------------- OBS SDK against moto
+
+def test_sdk_up_and_down_with_pagination(tmp_path, s3_bucket, caplog):
+    bucket, s3 = s3_bucket.name, s3_bucket.client
+    files = {"f%03d.txt" % i: b"%d" % i * (i + 1) for i in range(7)}
+    files["nested/big.bin"] = os.urandom(200_000)
+    src = make_tree(tmp_path / "src", files)
+
+    caplog.set_level(logging.DEBUG)
+    up = sync(str(src), "obs://%s/run/data" % bucket, threads=4)
+    assert up.backend == "obs-sdk" and up.files == len(files)
+    listed = s3.list_objects_v2(Bucket=bucket, Prefix="run/data/")["Contents"]
+    assert {o["Key"][len("run/data/"):]: o["Size"] for o in listed} == \
+        {k: len(v) for k, v in files.items()}
+
+    backend = obs_sync.ObsSdkBackend(max_keys=3)
+    pages = []
+    real_list = backend._client.listObjects
+
+    def counting_list(*args, **kwargs):
+        pages.append(kwargs.get("marker"))
+        return real_list(*args, **kwargs)
+
+    backend._client.listObjects = counting_list
+    down = sync("s3://%s/run/data/" % bucket, str(tmp_path / "down"), backend=backend)
+    assert down.files == len(files) and read_tree(tmp_path / "down") == files
+    assert len(pages) >= 3  # 8 objects, 3 per page
+
+    again = sync("obs://%s/run/data" % bucket, str(tmp_path / "down"))
+    assert (again.files, again.skipped) == (0, len(files))
+    again_up = sync(str(src), "obs://%s/run/data" % bucket)
+    assert (again_up.files, again_up.skipped) == (0, len(files))
+
+    copied = sync("obs://%s/run/data/nested" % bucket, "obs://%s/copy" % bucket)
+    assert copied.files == 1
+    assert s3.head_object(Bucket=bucket, Key="copy/big.bin")["ContentLength"] == 200_000
+
+    single = sync("obs://%s/run/data/f003.txt" % bucket, str(tmp_path / "one.txt"))
+    assert single.files == 1 and (tmp_path / "one.txt").read_bytes() == files["f003.txt"]
+    assert s3_bucket.secret_key not in caplog.text
+
+
+def test_sdk_refuses_escaping_key(tmp_path, s3_bucket):
+    bucket, s3 = s3_bucket.name, s3_bucket.client
+    s3.put_object(Bucket=bucket, Key="data/ok.txt", Body=b"ok")
+    s3.put_object(Bucket=bucket, Key="data/../evil.txt", Body=b"evil")
+    dst = tmp_path / "inner" / "data"
+    with pytest.raises(UserError, match=r"refusing object key '\.\./evil\.txt'"):
+        sync("obs://%s/data" % bucket, str(dst))
+    assert not (tmp_path / "inner" / "evil.txt").exists() and not dst.exists()
+
+
+def test_sdk_errors_name_the_url(tmp_path, s3_bucket, no_sleep):
+    bucket = s3_bucket.name
+    with pytest.raises(StorageError, match="obs://no-such-bucket-x/data/.*NoSuchBucket"):
+        sync(str(make_tree(tmp_path / "s", {"a": b"a"})), "obs://no-such-bucket-x/data")
+    with pytest.raises(UserError, match="obs://%s/absent does not exist" % bucket):
+        sync("obs://%s/absent" % bucket, str(tmp_path / "d"))
+    assert no_sleep == []
+
+
+def test_sdk_transient_failure_logs_no_secret(tmp_path, s3_bucket, caplog, no_sleep):
+    bucket = s3_bucket.name
+    backend = obs_sync.ObsSdkBackend()
+    real_put = backend._client.putFile
+    calls = []
+
+    def flaky_put(*args, **kwargs):
+        calls.append(args)
+        if len(calls) == 1:
+            raise ConnectionResetError("reset by peer")
+        return real_put(*args, **kwargs)
+
+    backend._client.putFile = flaky_put
+    caplog.set_level(logging.DEBUG)
+    src = make_tree(tmp_path / "s", {"a.txt": b"a"})
+    assert sync(str(src), "obs://%s/t" % bucket, backend=backend).files == 1
+    assert len(calls) == 2 and len(no_sleep) == 1
+    assert "retry 1/3" in caplog.text and s3_bucket.secret_key not in caplog.text
+
+
+# --------------------------------------------------------------------------- CLI
+
+def test_cli(tmp_path, mock_obs, capsys):
+    src = make_tree(tmp_path / "src", FILES)
+    assert obs_sync.main([str(src), "obs://bkt/cli", "--threads", "2", "--retries", "1"]) == 0
+    out = capsys.readouterr().out.strip().splitlines()
+    assert len(out) == 1 and "3 files" in out[0] and "backend mock" in out[0]
+    assert "MB/s" in out[0]
+    assert obs_sync.main(["obs://bkt/absent", str(tmp_path / "x")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: obs://bkt/absent does not exist")
+
+
+def test_sync_report_entry_types():
+    report = obs_sync.SyncReport(2, 2_000_000, 1, 0.5, "mock")
+    assert report.mb_per_s == pytest.approx(4.0) and "backend mock" in report.summary()
+    assert Entry(1, None).size == 1
