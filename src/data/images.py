@@ -1,0 +1,183 @@
+"""Image I/O and paired augmentations, pure numpy + OpenCV (no MindSpore).
+
+Images travel as float32 in [0, 1]: HWC RGB straight off disk, CHW once they enter a sample.
+Augmentations take an explicit `np.random.Generator` so a sample's crop and flips depend only on
+its (seed, epoch, index) rng, never on thread timing."""
+from __future__ import annotations
+
+import os
+from typing import List, Sequence, Tuple
+
+import numpy as np
+
+from src.errors import UserError
+
+
+def _cv2():
+    import cv2
+
+    # The loader runs its own worker threads; OpenCV's internal pool on top of them would
+    # oversubscribe the cores (ModelArts nodes run 8 ranks per host).
+    cv2.setNumThreads(1)
+    return cv2
+
+
+def read_image(path: str) -> np.ndarray:
+    """8/16-bit PNG/JPG/BMP/TIFF → HWC float32 RGB in [0, 1]. Gray images become 3 channels and
+    alpha is dropped. A missing, empty or undecodable file raises UserError naming it."""
+    cv2 = _cv2()
+    if not os.path.isfile(path):
+        raise UserError("image not found: %s (check the data set layout under data_url)" % path)
+    try:
+        # np.fromfile + imdecode instead of imread: imread returns None silently and cannot open
+        # non-ASCII paths on some platforms.
+        raw = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise UserError("cannot read image %s: %s" % (path, exc)) from exc
+    img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
+    if img is None:
+        raise UserError("cannot decode image %s (%d bytes): corrupt, truncated or not an image; "
+                        "re-upload or delete it" % (path, raw.size))
+    if img.dtype == np.uint8:
+        scale = 255.0
+    elif img.dtype == np.uint16:
+        scale = 65535.0
+    elif img.dtype == np.float32:
+        scale = 1.0
+    else:
+        raise UserError("unsupported pixel type %s in %s (use 8- or 16-bit PNG/JPG)"
+                        % (img.dtype, path))
+    if img.ndim == 2:
+        img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
+    elif img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_BGRA2RGB)
+    elif img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_BGR2RGB)
+    else:
+        raise UserError("unsupported channel count %d in %s" % (img.shape[2], path))
+    out = img.astype(np.float32)
+    if scale != 1.0:
+        out *= np.float32(1.0 / scale)
+    return out
+
+
+def save_png(path: str, hwc: np.ndarray) -> str:
+    """HWC float RGB in [0, 1] (or HW gray) → 8-bit PNG, written atomically."""
+    cv2 = _cv2()
+    img = np.clip(np.asarray(hwc, dtype=np.float32), 0.0, 1.0)
+    img = (img * 255.0 + 0.5).astype(np.uint8)
+    if img.ndim == 3 and img.shape[2] == 3:
+        img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    ok, buf = cv2.imencode(".png", img)
+    if not ok:
+        raise RuntimeError("PNG encoding failed for %s" % path)
+    parent = os.path.dirname(os.path.abspath(path))
+    os.makedirs(parent, exist_ok=True)
+    # Sample PNGs are pushed to OBS while training runs: never let the uploader see half a file.
+    tmp = os.path.join(parent, ".%s.tmp" % os.path.basename(path))
+    buf.tofile(tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def to_chw(hwc: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(hwc, (2, 0, 1)), dtype=np.float32)
+
+
+def to_hwc(chw: np.ndarray) -> np.ndarray:
+    return np.ascontiguousarray(np.transpose(chw, (1, 2, 0)))
+
+
+def _hw(a: np.ndarray, chw: bool) -> Tuple[int, int]:
+    return (a.shape[-2], a.shape[-1]) if chw else (a.shape[0], a.shape[1])
+
+
+def random_crop(rng: np.random.Generator, *arrays: np.ndarray, size, chw: bool = False,
+                scales: Sequence[int] = ()) -> List[np.ndarray]:
+    """The same random `size` crop (int or (h, w)) of every array. Arrays are HWC (or CHW with
+    chw=True). `scales[i]` > 1 marks an array at that multiple of the first one's resolution
+    (SID: packed raw at H/2, RGB target at H): its crop is the scaled window."""
+    ch, cw = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    h, w = _hw(arrays[0], chw)
+    if h < ch or w < cw:
+        raise UserError("image of size %dx%d is smaller than the crop %dx%d: lower "
+                        "data.train.crop (patch size) or remove the small images" % (h, w, ch, cw))
+    top = int(rng.integers(0, h - ch + 1))
+    left = int(rng.integers(0, w - cw + 1))
+    out = []
+    for i, a in enumerate(arrays):
+        s = int(scales[i]) if i < len(scales) else 1
+        ah, aw = _hw(a, chw)
+        if (ah, aw) != (h * s, w * s):
+            raise ValueError("random_crop: array %d is %dx%d, expected %dx%d"
+                             % (i, ah, aw, h * s, w * s))
+        ys, xs = slice(top * s, (top + ch) * s), slice(left * s, (left + cw) * s)
+        out.append(np.ascontiguousarray(a[..., ys, xs] if chw else a[ys, xs]))
+    return out
+
+
+def random_flip_rot(rng: np.random.Generator, *arrays: np.ndarray, rot90: bool = True,
+                    chw: bool = False) -> List[np.ndarray]:
+    """The same random horizontal flip / vertical flip / 90° rotation of every array (the 8
+    dihedral transforms when rot90, else the horizontal flip only)."""
+    hflip = bool(rng.integers(0, 2))
+    vflip = bool(rng.integers(0, 2)) if rot90 else False
+    transpose = bool(rng.integers(0, 2)) if rot90 else False
+    ya, xa = (-2, -1) if chw else (0, 1)
+    out = []
+    for a in arrays:
+        if hflip:
+            a = np.flip(a, axis=xa)
+        if vflip:
+            a = np.flip(a, axis=ya)
+        if transpose:
+            a = np.swapaxes(a, ya, xa)
+        out.append(np.ascontiguousarray(a))
+    return out
+
+
+def center_crop(img: np.ndarray, h: int, w: int, *, chw: bool = False) -> np.ndarray:
+    ih, iw = _hw(img, chw)
+    if ih < h or iw < w:
+        raise UserError("image of size %dx%d is smaller than the crop %dx%d" % (ih, iw, h, w))
+    top, left = (ih - h) // 2, (iw - w) // 2
+    ys, xs = slice(top, top + h), slice(left, left + w)
+    return np.ascontiguousarray(img[..., ys, xs] if chw else img[ys, xs])
+
+
+def pad_to_multiple(chw: np.ndarray, m: int, mode: str = "reflect"
+                    ) -> Tuple[np.ndarray, Tuple[int, int]]:
+    """Pad the last two axes (bottom/right) up to a multiple of m. Returns (padded, (h, w)) with
+    the original size, so the caller crops the prediction back. Works for CHW and NCHW."""
+    h, w = chw.shape[-2], chw.shape[-1]
+    ph, pw = (-h) % m, (-w) % m
+    if ph == 0 and pw == 0:
+        return chw, (h, w)
+    # Reflect cannot pad more than size-1; tiny images fall back to edge replication.
+    if mode == "reflect" and (ph >= h or pw >= w):
+        mode = "edge"
+    pad = [(0, 0)] * (chw.ndim - 2) + [(0, ph), (0, pw)]
+    return np.pad(chw, pad, mode=mode), (h, w)
+
+
+def make_grid(images: Sequence[np.ndarray], *, gap: int = 4, value: float = 1.0) -> np.ndarray:
+    """Side-by-side HWC images (heights may differ: shorter ones are padded) separated by
+    `gap` columns of `value`."""
+    if not images:
+        raise ValueError("make_grid: no images")
+    imgs = []
+    for im in images:
+        im = np.asarray(im, dtype=np.float32)
+        if im.ndim == 2:
+            im = im[..., None]
+        if im.shape[2] == 1:
+            im = np.repeat(im, 3, axis=2)
+        imgs.append(np.clip(im, 0.0, 1.0))
+    height = max(im.shape[0] for im in imgs)
+    width = sum(im.shape[1] for im in imgs) + gap * (len(imgs) - 1)
+    grid = np.full((height, width, 3), value, dtype=np.float32)
+    x = 0
+    for im in imgs:
+        grid[:im.shape[0], x:x + im.shape[1]] = im
+        x += im.shape[1] + gap
+    return grid

@@ -1,0 +1,114 @@
+"""The Recipe interface: the only model-specific glue between the config and the engine.
+
+A recipe builds its data (a Loader and validation samples), its nets, losses, optimizers and
+train step(s), and says what to checkpoint and what to export. The engine (loop, evaluate,
+export, checkpoint) only talks to this interface. Recipes register themselves in RECIPES under
+their `name`, which is the config's `model`."""
+from __future__ import annotations
+
+import abc
+import importlib
+from dataclasses import dataclass
+from typing import Dict, Iterable, List, Tuple
+
+import numpy as np
+
+from src.errors import UserError, did_you_mean
+from src.registry import Registry
+
+RECIPES = Registry("recipe")
+
+# Recipe modules import MindSpore and the nets; they are imported on demand so that asking for
+# one recipe does not load the others. A module's name is its recipe's name.
+BUILTIN_RECIPES = ("aecrnet", "singan_dehaze", "lsid")
+
+
+@dataclass(frozen=True)
+class RecipeContext:
+    data_dir: str             # where the job staged data_url
+    output_dir: str           # local output dir (ckpt/, samples/, export/ live under it)
+    num_shards: int = 1       # data-parallel world size
+    shard_id: int = 0         # this rank's shard
+    distributed: bool = False  # reduce gradients across ranks
+    is_main: bool = True      # rank 0: writes checkpoints, samples, exports
+    seed: int = 0
+
+
+class Recipe(abc.ABC):
+    name = ""
+
+    def __init__(self, cfg: dict, ctx: RecipeContext):
+        self.cfg = cfg
+        self.ctx = ctx
+
+    @abc.abstractmethod
+    def train_loader(self):
+        """The training Loader for this shard."""
+
+    def val_samples(self) -> Iterable[dict]:
+        """Validation samples: dicts with input, target, reference (CHW) and name."""
+        return []
+
+    @abc.abstractmethod
+    def build(self) -> None:
+        """Nets, losses, optimizers and train step(s)."""
+
+    @abc.abstractmethod
+    def train_step(self, batch: Dict[str, np.ndarray]) -> dict:
+        """One optimisation step on a batch → loss terms (Tensors or floats) by name; the first
+        one (or 'loss') is the total checked for finiteness."""
+
+    @abc.abstractmethod
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        """(1, C, H, W) padded input → (1, 3, H*s, W*s) RGB in [0, 1], s = output_scale()."""
+
+    @abc.abstractmethod
+    def checkpoint_cells(self) -> dict:
+        """Cells saved and restored together: nets AND optimizers, keyed by prefix."""
+
+    @abc.abstractmethod
+    def export_cell(self) -> Tuple[object, List[np.ndarray]]:
+        """(inference cell, example inputs) for MindIR export."""
+
+    def output_scale(self) -> int:
+        return 1
+
+    def describe(self) -> dict:
+        """What run.json records about the built model: parameter counts per cell."""
+        from mindspore import nn
+
+        counts = {}
+        for key, cell in self.checkpoint_cells().items():
+            if isinstance(cell, nn.Optimizer):
+                continue  # optimizers hold the nets' weights plus their own state
+            counts[key] = int(sum(int(np.prod(p.shape)) for p in cell.trainable_params()))
+        return {"model": self.name, "parameters": counts,
+                "total_parameters": int(sum(counts.values()))}
+
+    @classmethod
+    @abc.abstractmethod
+    def synthesize(cls, cfg: dict, out_dir: str) -> dict:
+        """--task synth: write the small synthetic data set the config reads; → summary."""
+
+    @classmethod
+    def preprocess(cls, cfg: dict, data_dir: str, out_dir: str) -> dict:
+        raise UserError("model %r has no preprocess task; run --task train (or synth) instead"
+                        % cls.name)
+
+
+def register_recipe(cls):
+    """Class decorator: register under `cls.name`."""
+    if not cls.name:
+        raise ValueError("recipe %s has no name" % cls.__name__)
+    return RECIPES.register(cls, name=cls.name)
+
+
+def get_recipe(name: str):
+    """The Recipe class for config `model: name`, importing its module on first use."""
+    if name not in RECIPES.names() and name in BUILTIN_RECIPES:
+        importlib.import_module("src.recipes.%s" % name)
+    if name not in RECIPES.names():
+        known = sorted(set(BUILTIN_RECIPES) | set(RECIPES.names()))
+        raise UserError("unknown model %r%s; known: %s" % (name, did_you_mean(name, known),
+                                                           ", ".join(known)))
+    return RECIPES.get(name)
