@@ -1,0 +1,220 @@
+"""One function per task, called by start.py inside the job's lifecycle.
+
+Recipes see local folders only: this module stages what a config names by URL (data, raw
+data, weight files, checkpoints) and hands back what a task writes (synthetic data, HDF5 sets).
+"""
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import time
+from typing import Dict
+
+from src.errors import UserError
+
+log = logging.getLogger(__name__)
+
+# Config keys whose URL values are places (synced as folders by the job or by a task), not
+# files to fetch before the recipe is built.
+LOCATION_KEYS = frozenset({"data_url", "train_url", "output_url", "raw_url", "cache_dir",
+                           "output_dir"})
+
+
+def describe_plan(cfg: dict, env, plan) -> dict:
+    """What `--task plan` prints: everything decided before touching data or devices."""
+    from modelarts.job import resolve_dirs
+
+    data_dir, output_dir = resolve_dirs(cfg, env)
+    return {
+        "config": cfg,
+        "platform": env.platform,
+        "rank_id": env.global_rank,
+        "rank_size": env.world_size,
+        "local_rank": env.local_rank,
+        "node_rank": env.node_rank,
+        "device_id": env.device_id,
+        "device_target": plan.device_target,
+        "parallel_mode": plan.parallel_mode,
+        "data_url": cfg["data_url"],
+        "train_url": cfg["train_url"],
+        "data_dir": data_dir,
+        "output_dir": output_dir,
+    }
+
+
+def run_task(task: str, cfg: dict, env, plan, job) -> int:
+    """Run one task; returns the process exit status."""
+    from src.recipes.base import get_recipe
+
+    recipe_cls = get_recipe(cfg["model"])
+    if task == "synth":
+        return _synth(recipe_cls, cfg, job)
+    if task == "preprocess":
+        return _preprocess(recipe_cls, cfg, job)
+    if task in ("train", "eval", "export"):
+        return _with_model(task, recipe_cls, cfg, env, plan, job)
+    raise UserError("unknown task %r" % task)
+
+
+def _synth(recipe_cls, cfg: dict, job) -> int:
+    import obs_sync
+
+    target = cfg.get("synth", {}).get("output_url") or cfg["data_url"]
+    if not target:
+        raise UserError("--task=synth needs a destination: set --data_url (or --synth.output_url)")
+    local = target if not obs_sync.is_remote(target) else os.path.join(job.scratch_dir, "synth")
+    started = time.time()
+    summary = recipe_cls.synthesize(cfg, local)
+    if local != target:
+        obs_sync.sync(local, target, **_sync_options(cfg))
+    log.info("synthetic data for %s written to %s in %.1f s: %s",
+             cfg["model"], target, time.time() - started, summary)
+    job.update_run(synth=summary)
+    return 0
+
+
+def _preprocess(recipe_cls, cfg: dict, job) -> int:
+    import obs_sync
+
+    raw_url = cfg.get("preprocess", {}).get("raw_url", "")
+    target = cfg["data_url"]
+    if not raw_url:
+        raise UserError("--task=preprocess reads raw files from --preprocess.raw_url: set it")
+    if not target:
+        raise UserError("--task=preprocess writes to --data_url: set it")
+    raw_dir = job.stage(raw_url, "raw")
+    if obs_sync.is_remote(target):
+        out_dir = os.path.join(job.scratch_dir, "preprocessed")
+        os.makedirs(out_dir, exist_ok=True)
+        if obs_sync.exists(target):  # what is already converted is not converted again
+            obs_sync.sync(target, out_dir, **_sync_options(cfg))
+    else:
+        out_dir = target
+    report = recipe_cls.preprocess(cfg, raw_dir, out_dir)
+    if out_dir != target:
+        obs_sync.sync(out_dir, target, **_sync_options(cfg))
+    job.update_run(preprocess=report)
+    failed = report.get("failed") or []
+    if failed:
+        log.error("%d raw file(s) failed to convert: %s", len(failed), ", ".join(failed))
+        return 1
+    return 0
+
+
+def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
+    import mindspore as ms
+
+    from modelarts.context import apply_context
+    from src.config import dump_config
+    from src.engine.checkpoint import CheckpointManager, resolve_resume
+    from src.recipes.base import RecipeContext
+
+    is_main = env.global_rank == 0
+    data_dir = job.stage_inputs() if task in ("train", "eval") else ""
+    cfg = stage_remote_files(cfg, job)
+    apply_context(plan)
+    # Same seed on every rank: data-parallel replicas must start from identical weights.
+    ms.set_seed(int(cfg["seed"]))
+    ctx = RecipeContext(data_dir=data_dir, output_dir=job.output_dir,
+                        num_shards=plan.num_shards, shard_id=plan.shard_id,
+                        distributed=plan.parallel_mode == "data_parallel",
+                        is_main=is_main, seed=int(cfg["seed"]))
+    recipe = recipe_cls(cfg, ctx)
+    recipe.build()
+    job.update_run(model=recipe.describe())
+    ckpt_dir = os.path.join(job.output_dir, "ckpt")
+    manager = CheckpointManager(ckpt_dir, keep_last=int(cfg["train"]["keep_last"]),
+                                is_writer=is_main, on_saved=job.push)
+
+    if task == "train":
+        if is_main:
+            path = os.path.join(job.output_dir, "config.yaml")
+            dump_config(cfg, path)
+            job.push(path)
+        if cfg["train"]["resume"] == "auto":
+            job.fetch_outputs("ckpt")  # a re-scheduled job finds its checkpoints in train_url
+        from src.engine.loop import train
+        summary = train(recipe, cfg, output_dir=job.output_dir, ckpt=manager, is_main=is_main,
+                        on_event=lambda name, **data: _on_event(job, name, data))
+        log.info("parameter checksum (identical on every rank in data parallel): %s",
+                 parameter_checksum(recipe.checkpoint_cells()))
+        job.update_run(train=summary, metrics=summary.get("metrics", {}))
+    else:
+        source = cfg["eval"].get("checkpoint", "") or "auto"
+        path = resolve_resume(source, ckpt_dir)
+        if path is None:
+            raise UserError("no checkpoint to %s: set --eval.checkpoint to a .ckpt path or URL "
+                            "(none found in %s)" % (task, ckpt_dir))
+        extra = manager.load(path, recipe.checkpoint_cells())
+        log.info("loaded %s (step %s)", path, extra.get("step"))
+        if task == "eval":
+            metrics = evaluate_recipe(recipe, cfg, job.output_dir) if is_main else {}
+            job.update_run(metrics=metrics, checkpoint=path)
+    if task in ("train", "export") and cfg["export"]["enabled"] and is_main:
+        exported = export_recipe(recipe, cfg, job.output_dir)
+        job.push(exported)
+        job.update_run(export=os.path.relpath(exported, job.output_dir))
+    return 0
+
+
+def _on_event(job, name: str, data: dict) -> None:
+    if name in ("eval", "checkpoint"):
+        job.update_run(**{"last_" + name: data})
+
+
+def _sync_options(cfg: dict) -> dict:
+    sync = cfg.get("sync", {})
+    return {"threads": int(sync.get("threads", 8)), "retries": int(sync.get("retries", 3))}
+
+
+def stage_remote_files(cfg: dict, job) -> dict:
+    """Replace obs:// / s3:// file values (weights, checkpoints) by staged local copies."""
+    import copy
+
+    import obs_sync
+
+    cfg = copy.deepcopy(cfg)
+
+    def walk(node: dict, prefix: str) -> None:
+        for key, value in node.items():
+            if isinstance(value, dict):
+                walk(value, prefix + key + ".")
+            elif (isinstance(value, str) and key not in LOCATION_KEYS
+                  and obs_sync.is_remote(value)):
+                node[key] = job.stage(value, "files")
+                log.info("staged %s%s=%s → %s", prefix, key, value, node[key])
+
+    walk(cfg, "")
+    return cfg
+
+
+def evaluate_recipe(recipe, cfg: dict, output_dir: str) -> Dict[str, float]:
+    from src.engine.evaluate import evaluate
+
+    ev = cfg["eval"]
+    return evaluate(recipe.predict, recipe.val_samples(), pad_multiple=int(ev["pad_multiple"]),
+                    scale=recipe.output_scale(), samples_dir=os.path.join(output_dir, "samples"),
+                    num_samples=int(ev["num_samples"]), max_images=int(ev["max_images"]))
+
+
+def export_recipe(recipe, cfg: dict, output_dir: str) -> str:
+    from src.engine.export import export_mindir
+
+    cell, examples = recipe.export_cell()
+    path = os.path.join(output_dir, "export", "%s.mindir" % cfg["model"])
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    started = time.time()
+    export_mindir(cell, examples, path, check=True)
+    log.info("exported %s (round trip checked) in %.1f s", path, time.time() - started)
+    return path
+
+
+def parameter_checksum(cells: dict) -> str:
+    """A short digest of every network parameter, to compare replicas across ranks."""
+    digest = hashlib.sha256()
+    for key in sorted(k for k in cells if not k.startswith("opt")):
+        for param in sorted(cells[key].get_parameters(), key=lambda p: p.name):
+            digest.update(param.name.encode())
+            digest.update(param.asnumpy().tobytes())
+    return digest.hexdigest()[:16]

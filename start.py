@@ -1,0 +1,139 @@
+#!/usr/bin/env python
+"""Boot file of the training job, on ModelArts and locally.
+
+    python start.py [--config=configs/aecrnet_demo.yaml] [--task=train] [--key=value ...]
+
+Tasks: train (default), eval, export, preprocess, synth, plan. Every config key is an override,
+dotted (--train.max_steps=100) or flat (--max_steps=100), because ModelArts' hyperparameter
+form passes flat --name=value pairs. `--task=plan` prints what the job would do and exits.
+
+The sequence is parse → environment → job (staging, outputs) → device context → engine; each
+step is its own module, this file only puts them in order.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import sys
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+if HERE not in sys.path:  # ModelArts starts the boot file from another working directory
+    sys.path.insert(0, HERE)
+
+from src.errors import UserError  # noqa: E402
+
+TASKS = ("train", "eval", "export", "preprocess", "synth", "plan")
+DEFAULT_CONFIG = os.path.join("configs", "aecrnet_demo.yaml")
+# Arguments that ModelArts or its launchers add on their own; they carry nothing we need.
+PLATFORM_ARGS = frozenset({
+    "init_method", "num_gpus", "world_size", "rank", "local_rank", "dist_url", "dist_backend",
+    "nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rank_table_file",
+    "ckpt_url", "device_num", "device_id", "run_distribute",
+})
+
+log = logging.getLogger("start")
+
+
+class Invocation:
+    """What the command line asked for, before anything is loaded."""
+
+    def __init__(self, task: str, config: str, overrides: list, ignored: list):
+        self.task = task
+        self.config = config
+        self.overrides = overrides
+        self.ignored = ignored
+
+
+USAGE = __doc__.split("\n\n")[1].strip()
+
+
+def parse_argv(argv: list) -> Invocation:
+    """Split argv into task, config file and `key=value` overrides (`--k=v` and `--k v`)."""
+    task, config, overrides, ignored = "train", "", [], []
+    i = 0
+    while i < len(argv):
+        arg = argv[i]
+        i += 1
+        if arg in ("-h", "--help"):
+            print(__doc__)
+            raise SystemExit(0)
+        if not arg.startswith("--") or len(arg) == 2:
+            raise UserError("unexpected argument %r: arguments are --name=value "
+                            "(usage: %s)" % (arg, USAGE))
+        name, sep, value = arg[2:].partition("=")
+        if not sep:
+            if i < len(argv) and not argv[i].startswith("--"):
+                value = argv[i]
+                i += 1
+            else:
+                value = "true"  # a bare flag
+        name = name.replace("-", "_")
+        if name == "task":
+            if value not in TASKS:
+                raise UserError("--task=%s is not a task; choose one of %s"
+                                % (value, ", ".join(TASKS)))
+            task = value
+        elif name == "config":
+            config = value
+        elif name in PLATFORM_ARGS:
+            ignored.append("--%s=%s" % (name, value))
+        else:
+            overrides.append("%s=%s" % (name, value))
+    config = config or DEFAULT_CONFIG
+    if not os.path.isabs(config) and not os.path.exists(config):
+        config = os.path.join(HERE, config)  # relative to the code directory, as on ModelArts
+    return Invocation(task, config, overrides, ignored)
+
+
+def setup_console(rank: int, stream=None) -> None:
+    """Rank 0 talks on the console; the other ranks only warn there (their file logs say all)."""
+    handler = logging.StreamHandler(stream or sys.stdout)
+    handler.setFormatter(logging.Formatter(
+        "%(asctime)s [rank " + str(rank) + "] %(levelname)s %(message)s", "%H:%M:%S"))
+    handler.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(logging.INFO)
+
+
+def main(argv=None) -> int:
+    from modelarts.context import apply_context, plan_context
+    from modelarts.environment import detect_environment
+    from src.config import load_config
+
+    try:
+        inv = parse_argv(sys.argv[1:] if argv is None else list(argv))
+        # `plan` prints JSON on stdout for tools to read: its log lines go to stderr.
+        console = sys.stderr if inv.task == "plan" else None
+        setup_console(0, console)
+        cfg = load_config(inv.config, inv.overrides)
+        env = detect_environment(os.environ, platform=cfg["platform"],
+                                 device_target=cfg["device_target"],
+                                 rank_table_timeout=cfg["rank_table_timeout"])
+        # `plan` is a one-process check: it says everything, whatever rank it pretends to be.
+        setup_console(0 if inv.task == "plan" else env.global_rank, console)
+        for arg in inv.ignored:
+            log.info("ignoring platform argument %s", arg)
+        plan = plan_context(env, cfg["mode"])
+        if env.is_scheduler and inv.task != "plan":
+            # msrun starts this file once more as its scheduler: it serves the cluster inside
+            # communication.init() until the workers are done, and has no job of its own.
+            apply_context(plan)
+            return 0
+        if inv.task == "plan":
+            from src.engine.runner import describe_plan
+            print(json.dumps(describe_plan(cfg, env, plan), indent=2, sort_keys=True))
+            return 0
+        from modelarts.job import Job
+        from src.engine.runner import run_task
+        with Job(cfg, env, inv.task) as job:
+            return run_task(inv.task, cfg, env, plan, job)
+    except UserError as err:
+        logging.getLogger().handlers[:] = []
+        print("error: %s" % err, file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

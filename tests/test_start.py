@@ -1,0 +1,101 @@
+"""start.py as a boot file: argument handling, plan output and one-line errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from tests.e2e_helpers import clean_env, start
+
+
+@pytest.fixture()
+def env(tmp_path):
+    return clean_env(str(tmp_path / "obs"))
+
+
+def test_plan_prints_the_resolved_job_without_touching_data(env, tmp_path):
+    res = start(["--task=plan", "--max_steps=7", "--train.log_every=3"], env)
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    assert plan["config"]["train"]["max_steps"] == 7
+    assert plan["config"]["train"]["log_every"] == 3
+    assert plan["platform"] == "local"
+    assert (plan["rank_id"], plan["rank_size"], plan["local_rank"], plan["node_rank"]) == (0, 1, 0, 0)
+    assert plan["device_target"] == "CPU"
+    assert plan["parallel_mode"] == "stand_alone"
+    assert plan["data_url"].startswith("obs://")
+    assert not (tmp_path / "obs").exists(), "plan must not touch storage"
+
+
+def test_plan_on_modelarts_reads_the_rank_table(env, tmp_path):
+    table = {"status": "completed", "group_count": "1", "group_list": [{
+        "group_name": "job", "device_count": "16", "instance_count": "2",
+        "instance_list": [
+            {"pod_name": "job-pod-%d" % p, "server_id": "10.0.0.%d" % p,
+             "devices": [{"device_id": str(d), "device_ip": "192.1.%d.%d" % (p, d)}
+                         for d in range(8)]}
+            for p in (1, 0)]}]}
+    path = tmp_path / "jobstart_hccl.json"
+    path.write_text(json.dumps(table))
+    env.update(MA_CURRENT_INSTANCE_NAME="job-pod-1", RANK_TABLE_FILE=str(path), DEVICE_ID="3",
+               ASCEND_DEVICE_ID="3", RANK_SIZE="16", RANK_ID="11", MA_NUM_HOSTS="2",
+               VC_TASK_INDEX="1", MA_JOB_DIR="/home/ma-user/modelarts/user-job-dir", JOB_ID="j1")
+    res = start(["--task=plan", "--data_url=obs://bucket/data/", "--train_url=obs://bucket/out/",
+                 "--init_method=tcp://10.0.0.1:6000", "--num_gpus=1"], env)
+    assert res.returncode == 0, res.stderr
+    plan = json.loads(res.stdout)
+    assert plan["platform"] == "modelarts"
+    assert (plan["rank_id"], plan["rank_size"], plan["local_rank"], plan["node_rank"],
+            plan["device_id"]) == (11, 16, 3, 1, 3)
+    assert plan["device_target"] == "Ascend"
+    assert plan["parallel_mode"] == "data_parallel"
+    assert "ignoring platform argument --init_method" in res.stderr
+
+
+def test_rank_id_contradicting_the_table_is_one_line_error(env, tmp_path):
+    table = {"version": "1.0", "server_count": "1", "status": "completed", "server_list": [
+        {"server_id": "10.0.0.1", "device": [
+            {"device_id": str(d), "device_ip": "192.1.0.%d" % d, "rank_id": str(d)}
+            for d in range(2)]}]}
+    path = tmp_path / "hccl.json"
+    path.write_text(json.dumps(table))
+    env.update(RANK_TABLE_FILE=str(path), RANK_ID="5", RANK_SIZE="2", DEVICE_ID="1",
+               MA_JOB_DIR="/home/ma-user/modelarts/user-job-dir")
+    res = start(["--task=plan"], env)
+    assert res.returncode == 2
+    assert "RANK_ID" in res.stderr and "Traceback" not in res.stderr
+    assert len(res.stderr.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("arg, expect", [
+    ("--max_step=3", "max_steps"),
+    ("--train.lr=0.1", "did you mean"),
+    ("--task=trian", "train"),
+])
+def test_typos_get_a_did_you_mean(env, arg, expect):
+    res = start(["--task=plan", arg] if not arg.startswith("--task") else [arg], env)
+    assert res.returncode == 2
+    assert expect in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_obs_url_without_backend_says_how_to_fix(tmp_path):
+    env = clean_env(str(tmp_path / "obs"))
+    del env["OBS_MOCK_ROOT"]
+    res = start(["--task=train", "--data_url=obs://bucket/data", "--train_url=%s" % (tmp_path / "out")], env)
+    assert res.returncode == 2, res.stderr
+    assert "OBS_MOCK_ROOT" in res.stderr and "OBS_ACCESS_KEY_ID" in res.stderr
+    assert "Traceback" not in res.stderr
+
+
+def test_missing_data_url_is_a_clear_error(env, tmp_path):
+    res = start(["--task=train", "--data_url=", "--train_url=%s" % (tmp_path / "out")], env)
+    assert res.returncode == 2
+    assert "data_url" in res.stderr and "Traceback" not in res.stderr
+
+
+def test_key_escaping_the_bucket_is_refused(env, tmp_path):
+    res = start(["--task=train", "--data_url=obs://bucket/../../etc",
+                 "--train_url=%s" % (tmp_path / "out")], env)
+    assert res.returncode == 2
+    assert ".." in res.stderr and "Traceback" not in res.stderr
