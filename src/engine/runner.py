@@ -137,7 +137,7 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
         from src.engine.loop import train
         summary = train(recipe, cfg, output_dir=job.output_dir, ckpt=manager, is_main=is_main,
                         on_event=lambda name, **data: _on_event(job, name, data))
-        log.info("parameter checksum (identical on every rank in data parallel): %s",
+        log.info("trainable parameter checksum (identical on every rank in data parallel): %s",
                  parameter_checksum(recipe.checkpoint_cells()))
         job.update_run(train=summary, metrics=summary.get("metrics", {}))
     else:
@@ -211,10 +211,13 @@ def export_recipe(recipe, cfg: dict, output_dir: str) -> str:
 
 
 def parameter_checksum(cells: dict) -> str:
-    """A short digest of every network parameter, to compare replicas across ranks."""
+    """A short digest of the trainable network parameters, to compare replicas across ranks.
+
+    Running statistics (FastDeconv's whitening, like BatchNorm's) follow each rank's own
+    batches and legitimately differ; rank 0's are the ones saved."""
     digest = hashlib.sha256()
     for key in sorted(k for k in cells if not k.startswith("opt")):
-        for param in sorted(cells[key].get_parameters(), key=lambda p: p.name):
+        for param in sorted(cells[key].trainable_params(), key=lambda p: p.name):
             digest.update(param.name.encode())
             digest.update(param.asnumpy().tobytes())
     return digest.hexdigest()[:16]

@@ -1,0 +1,119 @@
+"""Whole jobs through start.py on tiny synthetic data with OBS mocked to a folder.
+
+These are the runs a user does before paying for Ascend hours: synth → train → eval/export,
+a job killed by SIGTERM, and two data-parallel ranks under msrun.
+"""
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from tests.e2e_helpers import REPO, START, TINY_AECRNET, clean_env, read_json, start
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture()
+def obs(tmp_path):
+    root = tmp_path / "obs"
+    root.mkdir()
+    return root
+
+
+def synth_aecrnet(obs, env, data="obs://bucket/data"):
+    res = start(["--task=synth", "--data_url=" + data] + TINY_AECRNET, env)
+    assert res.returncode == 0, res.stdout + res.stderr
+    return data
+
+
+def test_train_uploads_everything_to_train_url(obs, tmp_path):
+    env = clean_env(str(obs))
+    data = synth_aecrnet(obs, env)
+    assert any((obs / "bucket" / "data").rglob("*.png"))
+    res = start(["--data_url=" + data, "--train_url=obs://bucket/out", "--train.max_steps=4",
+                 "--train.ckpt_every=2", "--train.eval_every=4"] + TINY_AECRNET, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = obs / "bucket" / "out"
+    run = read_json(str(out / "run.json"))
+    assert run["status"] == "finished"
+    for key in ("psnr", "ssim", "ciede2000", "reference_psnr"):
+        assert key in run["metrics"], run["metrics"]
+    assert (out / "config.yaml").is_file()
+    assert sorted(p.name for p in (out / "ckpt").glob("step_*.ckpt")) == [
+        "step_00000002.ckpt", "step_00000004.ckpt"]
+    assert (out / "export" / "aecrnet.mindir").is_file()
+    assert list((out / "samples").glob("*.png"))
+    assert (out / "logs" / "rank_0.log").is_file()
+
+    # The same checkpoint evaluates and exports as separate jobs.
+    res = start(["--task=eval", "--data_url=" + data, "--train_url=obs://bucket/eval",
+                 "--eval.checkpoint=obs://bucket/out/ckpt/step_00000004.ckpt"] + TINY_AECRNET, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    evaluated = read_json(str(obs / "bucket" / "eval" / "run.json"))
+    assert evaluated["metrics"]["psnr"] == pytest.approx(run["metrics"]["psnr"], abs=1e-3)
+
+
+def test_sigterm_after_first_checkpoint_keeps_it_in_train_url(obs):
+    env = clean_env(str(obs))
+    data = synth_aecrnet(obs, env)
+    out = obs / "bucket" / "killed"
+    proc = subprocess.Popen(
+        [sys.executable, START, "--data_url=" + data, "--train_url=obs://bucket/killed",
+         "--train.max_steps=100000", "--train.ckpt_every=1", "--train.eval_every=0"] + TINY_AECRNET,
+        env=env, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.time() + 300
+        while not list((out / "ckpt").glob("step_*.ckpt")):
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.time() < deadline, "no checkpoint reached train_url while training"
+            time.sleep(0.5)
+        proc.send_signal(signal.SIGTERM)
+        output, _ = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode != 0
+    assert "Traceback" not in output, output[-3000:]
+    run = read_json(str(out / "run.json"))
+    assert run["status"] == "interrupted"
+    assert list((out / "ckpt").glob("step_*.ckpt"))
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_msrun_two_ranks_train_in_data_parallel(obs, tmp_path):
+    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable))
+    assert msrun, "msrun comes with MindSpore and must be installed next to python"
+    env = clean_env(str(obs), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+                    JOB_ID="e2e-msrun")
+    data = synth_aecrnet(obs, env)
+    logs = tmp_path / "msrun_logs"
+    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", "--master_port=%d" % _free_port(),
+           "--log_dir=%s" % logs, "--join=True", START, "--data_url=" + data,
+           "--train_url=obs://bucket/dp", "--cache_dir=%s" % (tmp_path / "cache"),
+           "--train.max_steps=3", "--train.ckpt_every=3", "--train.eval_every=0"] + TINY_AECRNET
+    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
+    worker_logs = "".join(p.read_text() for p in sorted(logs.glob("worker_*.log")))
+    assert res.returncode == 0, res.stdout[-2000:] + worker_logs[-4000:]
+    out = obs / "bucket" / "dp"
+    run = read_json(str(out / "run.json"))
+    assert run["status"] == "finished"
+    assert (run["rank_size"], run["platform"]) == (2, "msrun")
+    assert [p.name for p in (out / "ckpt").glob("step_*.ckpt")] == ["step_00000003.ckpt"]
+    rank_logs = [(out / "logs" / ("rank_%d.log" % r)).read_text() for r in (0, 1)]
+    # One copy per node: local rank 0 downloads, rank 1 waits for it.
+    assert sum("staged obs://bucket/data" in text for text in rank_logs) == 1, rank_logs
+    sums = [re.findall(r"trainable parameter checksum .*: (\w+)", text) for text in rank_logs]
+    assert sums[0] and sums[0] == sums[1], sums
