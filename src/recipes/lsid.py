@@ -1,0 +1,192 @@
+"""Learning to See in the Dark recipe: packed raw → sRGB U-Net, mean L1, Adam.
+
+Training follows the authors' train_Sony.py: batch 1 of 512×512 packed crops (flips, transpose,
+input clipped to 1 after ×ratio), loss mean |out − gt|, Adam (TF defaults: β 0.9/0.999,
+eps 1e-8) at lr 1e-4, dropped to 1e-5 for the second half (epoch 2000 of 4000). Data come from
+the HDF5 files `--task preprocess` writes (src/data/raw_preprocess.py); `--task synth` writes
+synthetic DNG pairs in SID's layout (src/data/synth_raw.py)."""
+from __future__ import annotations
+
+import logging
+from typing import Dict, Iterable, List, Tuple
+
+import numpy as np
+
+from src.data import sid  # noqa: F401  (registers SIDPairs)
+from src.errors import UserError
+from src.recipes.base import Recipe, RecipeContext, register_recipe
+from src.registry import DATASETS
+
+log = logging.getLogger(__name__)
+
+# Four 2×2 poolings: packed sides must divide by 16.
+SIZE_MULTIPLE = 16
+
+
+def lr_schedule(lr: float, decay_lr: float, decay_step: int, total_steps: int) -> np.ndarray:
+    """Per-step learning rates: `lr` for steps 1..decay_step, `decay_lr` after (entry i is used
+    by step i+1). decay_step 0 = half of the run (the authors: epoch 2000 of 4000)."""
+    total = int(total_steps)
+    if total < 1:
+        raise UserError("train.max_steps must be >= 1, got %r" % (total_steps,))
+    at = int(decay_step) if int(decay_step) > 0 else total // 2
+    if at < 0:
+        raise UserError("schedule.decay_step must be >= 0, got %r" % (decay_step,))
+    lrs = np.full(total, float(lr), dtype=np.float32)
+    lrs[min(at, total):] = float(decay_lr)
+    return lrs
+
+
+def _multiple(value, key: str, multiple: int = SIZE_MULTIPLE) -> int:
+    value = int(value)
+    if value < multiple or value % multiple:
+        raise UserError("%s=%r: the SID U-Net needs packed sizes divisible by %d (four 2x2 "
+                        "poolings); use e.g. %d" % (key, value, multiple,
+                                                    max(multiple, value // multiple * multiple)))
+    return value
+
+
+@register_recipe
+class LSIDRecipe(Recipe):
+    name = "lsid"
+
+    def __init__(self, cfg: dict, ctx: RecipeContext):
+        super().__init__(cfg, ctx)
+        _multiple(cfg["data"]["train"].get("crop", 512), "data.train.crop")
+        _multiple(cfg["eval"]["pad_multiple"], "eval.pad_multiple")
+        self.net = None
+        self.optimizer = None
+        self.step = None
+        self._train_source = None
+        self._val_source = None
+
+    # -- data -------------------------------------------------------------------------------
+
+    def _source(self, key: str):
+        spec = self.cfg["data"][key]
+        return DATASETS.build(spec, "data." + key, root=self.ctx.data_dir)
+
+    def train_source(self):
+        if self._train_source is None:
+            self._train_source = self._source("train")
+        return self._train_source
+
+    def train_loader(self):
+        from src.data.loader import Loader
+
+        d = self.cfg["data"]
+        return Loader(self.train_source(), int(d["batch_size"]), shuffle=True, drop_last=True,
+                      num_shards=self.ctx.num_shards, shard_id=self.ctx.shard_id,
+                      seed=int(self.cfg["seed"]), workers=int(d["num_workers"]),
+                      prefetch=int(d["prefetch"]))
+
+    def val_samples(self) -> Iterable[dict]:
+        spec = self.cfg["data"].get("val")
+        if not spec or not spec.get("type"):
+            return []
+        if self._val_source is None:
+            self._val_source = self._source("val")
+        source = self._val_source
+        return (source.load(i, np.random.default_rng(i)) for i in range(len(source)))
+
+    # -- model ------------------------------------------------------------------------------
+
+    def build(self) -> None:
+        import mindspore as ms
+        from mindspore import nn, ops
+
+        from src.engine.step import build_train_step
+        from src.nets.unet_sid import UNetSID  # noqa: F401  (registers the net)
+        from src.registry import NETS
+
+        cfg = self.cfg
+        self.net = NETS.build(cfg["net"], "net", seed=int(cfg["seed"]))
+        oc, sc = cfg["optim"], cfg["schedule"]
+        self.lrs = lr_schedule(float(oc["lr"]), float(sc["decay_lr"]), int(sc["decay_step"]),
+                               int(cfg["train"]["max_steps"]))
+        self.optimizer = nn.Adam(self.net.trainable_params(), learning_rate=ms.Tensor(self.lrs),
+                                 beta1=float(oc["beta1"]), beta2=float(oc["beta2"]),
+                                 eps=float(oc["eps"]), weight_decay=float(oc["weight_decay"]))
+        net = self.net
+
+        def forward(raw, target):
+            diff = net(raw) - target
+            # The loss is the authors' mean L1; the MSE rides along as a logged term (training
+            # PSNR = -10 log10 mse) and keeps `has_aux` well-formed, which PyNative requires.
+            return ops.abs(diff).mean(), ops.stop_gradient(ops.square(diff).mean())
+
+        tc = cfg["train"]
+        self.step = build_train_step(forward, self.optimizer, distributed=self.ctx.distributed,
+                                     loss_scale=tc["loss_scale"], jit=bool(tc["jit"]))
+        self.net.set_train(True)
+
+    def train_step(self, batch: Dict[str, np.ndarray]) -> dict:
+        raw, target = batch["input"], batch["target"]
+        h, w = raw.shape[-2:]
+        if h % SIZE_MULTIPLE or w % SIZE_MULTIPLE:
+            raise UserError("SID training crop of %dx%d packed pixels: sides must divide by 16; "
+                            "set data.train.crop to a multiple of 16" % (h, w))
+        loss, mse = self.step(raw, target)
+        return {"loss": loss, "mse": mse}
+
+    def predict(self, x: np.ndarray) -> np.ndarray:
+        import mindspore as ms
+
+        self.net.set_train(False)
+        try:
+            out = self.net(ms.Tensor(np.ascontiguousarray(x, dtype=np.float32))).asnumpy()
+        finally:
+            self.net.set_train(True)
+        return np.clip(out, 0.0, 1.0)
+
+    def output_scale(self) -> int:
+        return 2
+
+    def checkpoint_cells(self) -> dict:
+        return {"net": self.net, "opt": self.optimizer}
+
+    def export_cell(self) -> Tuple[object, List[np.ndarray]]:
+        ec = self.cfg["export"]
+        h = _multiple(ec["height"], "export.height")
+        w = _multiple(ec["width"], "export.width")
+        self.net.set_train(False)
+        example = np.random.default_rng(0).random((1, 4, h, w), dtype=np.float32)
+        return self.net, [example]
+
+    def describe(self) -> dict:
+        info = super().describe()
+        info.update({
+            "init": "TF-slim defaults as the authors' release: Xavier-uniform conv weights, zero "
+                    "biases, truncated-normal(0.02) transposed convs",
+            "input": "packed Bayer R,G,B,G at H/2 x W/2, x min(t_long/t_short, %g), clipped to 1"
+                     % float(self.cfg["data"]["train"].get("max_ratio", 300.0)),
+            "output_scale": 2,
+        })
+        if self.ctx.data_dir:  # train/eval jobs (export has no data): pairs, scenes, ratios
+            info["train_data"] = self.train_source().describe()
+        return info
+
+    # -- data tasks -------------------------------------------------------------------------
+
+    @classmethod
+    def synthesize(cls, cfg: dict, out_dir: str) -> dict:
+        from src.data.synth_raw import synthesize_sid
+
+        s = cfg["synth"]
+        return synthesize_sid(
+            out_dir, num_scenes=int(s["num_scenes"]), num_test_scenes=int(s["num_test_scenes"]),
+            num_val_scenes=int(s["num_val_scenes"]), height=int(s["height"]),
+            width=int(s["width"]), long_exposure=float(s["long_exposure"]),
+            short_exposures=[float(t) for t in s["short_exposures"]], frames=int(s["frames"]),
+            cfa=str(s["cfa"]), iso=[int(i) for i in s["iso"]],
+            read_noise=float(s["read_noise"]), camera=str(s["camera"]), seed=int(s["seed"]))
+
+    @classmethod
+    def preprocess(cls, cfg: dict, data_dir: str, out_dir: str) -> dict:
+        from src.data.raw_preprocess import preprocess_raws
+
+        p = cfg["preprocess"]
+        workers = int(p["workers"])
+        return preprocess_raws(data_dir, out_dir, workers=None if workers < 0 else workers,
+                               gt_dirs=[str(d) for d in p["gt_dirs"]],
+                               compression=str(p["compression"]))
