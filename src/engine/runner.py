@@ -84,20 +84,23 @@ def _preprocess(recipe_cls, cfg: dict, job) -> int:
     if not target:
         raise UserError("--task=preprocess writes to --data_url: set it")
     raw_dir = job.stage(raw_url, "raw")
+    done = ()
     if obs_sync.is_remote(target):
         out_dir = os.path.join(job.scratch_dir, "preprocessed")
         os.makedirs(out_dir, exist_ok=True)
-        if obs_sync.exists(target):  # what is already converted is not converted again
-            obs_sync.sync(target, out_dir, **_sync_options(cfg))
+        # Skip what the destination already holds from its listing: no download of the set.
+        done = sorted(obs_sync.list_files(target)) if obs_sync.exists(target) else ()
     else:
         out_dir = target
-    report = recipe_cls.preprocess(cfg, raw_dir, out_dir)
+    report = recipe_cls.preprocess(cfg, raw_dir, out_dir, done=done)
     if out_dir != target:
         obs_sync.sync(out_dir, target, **_sync_options(cfg))
     job.update_run(preprocess=report)
     failed = report.get("failed") or []
     if failed:
-        log.error("%d raw file(s) failed to convert: %s", len(failed), ", ".join(failed))
+        # The exit status says it too: a job that lost files must not look green.
+        log.error("%d raw file(s) failed to convert and were skipped: %s",
+                  len(failed), ", ".join(failed))
         return 1
     return 0
 

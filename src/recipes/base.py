@@ -91,7 +91,9 @@ class Recipe(abc.ABC):
         """--task synth: write the small synthetic data set the config reads; → summary."""
 
     @classmethod
-    def preprocess(cls, cfg: dict, data_dir: str, out_dir: str) -> dict:
+    def preprocess(cls, cfg: dict, data_dir: str, out_dir: str, done=()) -> dict:
+        """Convert data_dir into out_dir; `done` lists relative outputs that already exist at
+        the destination (so they are skipped without being downloaded)."""
         raise UserError("model %r has no preprocess task; run --task train (or synth) instead"
                         % cls.name)
 

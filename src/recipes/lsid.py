@@ -182,11 +182,11 @@ class LSIDRecipe(Recipe):
             read_noise=float(s["read_noise"]), camera=str(s["camera"]), seed=int(s["seed"]))
 
     @classmethod
-    def preprocess(cls, cfg: dict, data_dir: str, out_dir: str) -> dict:
+    def preprocess(cls, cfg: dict, data_dir: str, out_dir: str, done=()) -> dict:
         from src.data.raw_preprocess import preprocess_raws
 
         p = cfg["preprocess"]
         workers = int(p["workers"])
         return preprocess_raws(data_dir, out_dir, workers=None if workers < 0 else workers,
                                gt_dirs=[str(d) for d in p["gt_dirs"]],
-                               compression=str(p["compression"]))
+                               compression=str(p["compression"]), done=done)
