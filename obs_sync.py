@@ -707,7 +707,9 @@ def sync(src: str, dst: str, *, threads: int = 8, retries: int = 3, backend=None
         if be is not None and be is not backend:
             be.close()
     report.seconds = time.monotonic() - start
-    log.info("synced %s -> %s: %s", s.url, d.url, report.summary())
+    # Single-file pushes (each checkpoint, run.json updates) would flood the job log.
+    level = logging.DEBUG if report.files + report.skipped == 1 else logging.INFO
+    log.log(level, "synced %s -> %s: %s", s.url, d.url, report.summary())
     return report
 
 

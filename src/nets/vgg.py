@@ -62,7 +62,7 @@ def _warn_random(arch: str, why: str) -> None:
     logger.warning("%s: NO PRETRAINED WEIGHTS (%s) - RANDOMLY INITIALISED VGG.", arch.upper(), why)
     logger.warning("Losses computed on these features are NOT the paper's perceptual/contrastive "
                    "loss. Convert torchvision weights with `python -m src.tools.convert_torch "
-                   "vgg19 vgg19.pth vgg19.ckpt` and set the config's VGG weights path.")
+                   "%s %s.pth %s.ckpt` and set the config's VGG weights path.", arch, arch, arch)
     logger.warning(bar)
 
 

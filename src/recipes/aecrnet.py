@@ -6,18 +6,15 @@ and 90° rotations, loss L1(out, clear) + 0.1 · CR(out, clear, hazy).
 """
 from __future__ import annotations
 
-import inspect
 import logging
 import math
 import os
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
-import src.data.paired  # noqa: F401  (registers PairedDehaze)
 from src.errors import UserError
 from src.recipes.base import Recipe, RecipeContext, register_recipe
-from src.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -84,41 +81,6 @@ class AECRNetRecipe(Recipe):
         self.loss = None
         self.optimizer = None
         self.step = None
-        self._train_source = None
-        self._val_source = None
-
-    # -- data -------------------------------------------------------------------------------
-
-    def _build_source(self, spec: dict, where: str, mode: str):
-        extra = {"root": self.ctx.data_dir}
-        params = inspect.signature(DATASETS.get(spec["type"])).parameters
-        if "mode" in params and "mode" not in spec:
-            extra["mode"] = mode
-        return DATASETS.build(spec, where, **extra)
-
-    def train_source(self):
-        if self._train_source is None:
-            self._train_source = self._build_source(self.cfg["data"]["train"], "data.train",
-                                                    "train")
-        return self._train_source
-
-    def train_loader(self):
-        from src.data.loader import Loader
-
-        d = self.cfg["data"]
-        return Loader(self.train_source(), int(d["batch_size"]), shuffle=True, drop_last=True,
-                      num_shards=self.ctx.num_shards, shard_id=self.ctx.shard_id,
-                      seed=int(self.cfg["seed"]), workers=int(d["num_workers"]),
-                      prefetch=int(d["prefetch"]))
-
-    def val_samples(self) -> Iterable[dict]:
-        spec = self.cfg["data"].get("val")
-        if not spec or not spec.get("type"):
-            return []
-        if self._val_source is None:
-            self._val_source = self._build_source(spec, "data.val", "eval")
-        source = self._val_source
-        return (source.load(i, np.random.default_rng(i)) for i in range(len(source)))
 
     # -- model ------------------------------------------------------------------------------
 

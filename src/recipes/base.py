@@ -41,13 +41,52 @@ class Recipe(abc.ABC):
         self.cfg = cfg
         self.ctx = ctx
 
-    @abc.abstractmethod
+    def source(self, key: str):
+        """The data Source of `data.<key>` ("train" or "val"), built once from its registry
+        spec over the staged data folder; None when the config has none."""
+        sources = self.__dict__.setdefault("_sources", {})
+        if key not in sources:
+            spec = self.cfg["data"].get(key)
+            sources[key] = (self.make_source(spec, "data." + key, key)
+                            if isinstance(spec, dict) and spec.get("type") else None)
+        return sources[key]
+
+    def make_source(self, spec: dict, where: str, key: str):
+        """Build one Source; a `mode` the spec leaves out follows its role (train / eval)."""
+        import inspect
+
+        import src.data.paired  # noqa: F401  (the imports register the data sets)
+        import src.data.sid  # noqa: F401
+        import src.data.unpaired  # noqa: F401
+        from src.registry import DATASETS
+
+        extra = {"root": self.ctx.data_dir}
+        if "mode" in inspect.signature(DATASETS.get(spec["type"])).parameters \
+                and "mode" not in spec:
+            extra["mode"] = "train" if key == "train" else "eval"
+        return DATASETS.build(spec, where, **extra)
+
     def train_loader(self):
         """The training Loader for this shard."""
+        from src.data.loader import Loader
+
+        source = self.source("train")
+        if source is None:
+            raise UserError("data.train: no training data set configured (a {type: ...} spec)")
+        d = self.cfg["data"]
+        return Loader(source, int(d["batch_size"]), shuffle=True, drop_last=True,
+                      num_shards=self.ctx.num_shards, shard_id=self.ctx.shard_id,
+                      seed=int(self.cfg["seed"]), workers=int(d["num_workers"]),
+                      prefetch=int(d["prefetch"]))
 
     def val_samples(self) -> Iterable[dict]:
         """Validation samples: dicts with input, target, reference (CHW) and name."""
-        return []
+        source = self.source("val")
+        if source is None:
+            return []
+        limit = int(self.cfg["eval"].get("max_images") or 0)
+        count = min(limit, len(source)) if limit else len(source)
+        return (source.load(i, np.random.default_rng(i)) for i in range(count))
 
     @abc.abstractmethod
     def build(self) -> None:

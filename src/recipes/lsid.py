@@ -8,14 +8,12 @@ synthetic DNG pairs in SID's layout (src/data/synth_raw.py)."""
 from __future__ import annotations
 
 import logging
-from typing import Dict, Iterable, List, Tuple
+from typing import Dict, List, Tuple
 
 import numpy as np
 
-from src.data import sid  # noqa: F401  (registers SIDPairs)
 from src.errors import UserError
 from src.recipes.base import Recipe, RecipeContext, register_recipe
-from src.registry import DATASETS
 
 log = logging.getLogger(__name__)
 
@@ -57,37 +55,6 @@ class LSIDRecipe(Recipe):
         self.net = None
         self.optimizer = None
         self.step = None
-        self._train_source = None
-        self._val_source = None
-
-    # -- data -------------------------------------------------------------------------------
-
-    def _source(self, key: str):
-        spec = self.cfg["data"][key]
-        return DATASETS.build(spec, "data." + key, root=self.ctx.data_dir)
-
-    def train_source(self):
-        if self._train_source is None:
-            self._train_source = self._source("train")
-        return self._train_source
-
-    def train_loader(self):
-        from src.data.loader import Loader
-
-        d = self.cfg["data"]
-        return Loader(self.train_source(), int(d["batch_size"]), shuffle=True, drop_last=True,
-                      num_shards=self.ctx.num_shards, shard_id=self.ctx.shard_id,
-                      seed=int(self.cfg["seed"]), workers=int(d["num_workers"]),
-                      prefetch=int(d["prefetch"]))
-
-    def val_samples(self) -> Iterable[dict]:
-        spec = self.cfg["data"].get("val")
-        if not spec or not spec.get("type"):
-            return []
-        if self._val_source is None:
-            self._val_source = self._source("val")
-        source = self._val_source
-        return (source.load(i, np.random.default_rng(i)) for i in range(len(source)))
 
     # -- model ------------------------------------------------------------------------------
 
@@ -163,7 +130,7 @@ class LSIDRecipe(Recipe):
             "output_scale": 2,
         })
         if self.ctx.data_dir:  # train/eval jobs (export has no data): pairs, scenes, ratios
-            info["train_data"] = self.train_source().describe()
+            info["train_data"] = self.source("train").describe()
         return info
 
     # -- data tasks -------------------------------------------------------------------------

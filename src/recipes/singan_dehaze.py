@@ -213,32 +213,6 @@ class SinGANDehazeRecipe(Recipe):
         self._ones: Dict[tuple, np.ndarray] = {}
         self.built = False
 
-    # -- data -----------------------------------------------------------------------------
-
-    def train_loader(self):
-        from src.data.loader import Loader
-        from src.registry import DATASETS
-
-        import src.data.unpaired  # noqa: F401  (registers UnpairedDehaze)
-
-        data = self.cfg["data"]
-        source = DATASETS.build(data["train"], "data.train", root=self.ctx.data_dir)
-        return Loader(source, int(data["batch_size"]), shuffle=True, drop_last=True,
-                      num_shards=self.ctx.num_shards, shard_id=self.ctx.shard_id,
-                      seed=int(self.cfg["seed"]), workers=int(data["num_workers"]),
-                      prefetch=int(data["prefetch"]))
-
-    def val_samples(self):
-        from src.registry import DATASETS
-
-        import src.data.paired  # noqa: F401  (registers PairedDehaze)
-
-        spec = self.cfg["data"].get("val")
-        if not spec or not spec.get("type"):
-            return []
-        source = DATASETS.build(spec, "data.val", root=self.ctx.data_dir)
-        return source.samples(int(self.cfg["eval"].get("max_images", 0) or 0))
-
     # -- model ----------------------------------------------------------------------------
 
     def build(self) -> None:
