@@ -119,3 +119,6 @@ def _export_hccl_variables(plan: ContextPlan) -> None:
         os.environ["MINDSPORE_HCCL_CONFIG_PATH"] = plan.rank_table_file or ""
     os.environ["RANK_ID"] = str(plan.shard_id)
     os.environ["RANK_SIZE"] = str(plan.num_shards)
+    # Nodes start their first collective only after staging their data, which can differ by
+    # minutes between nodes; HCCL's default connect timeout (120 s) would fail the job.
+    os.environ.setdefault("HCCL_CONNECT_TIMEOUT", "1800")

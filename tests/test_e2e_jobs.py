@@ -60,6 +60,28 @@ def test_train_uploads_everything_to_train_url(obs, tmp_path):
     evaluated = read_json(str(obs / "bucket" / "eval" / "run.json"))
     assert evaluated["metrics"]["psnr"] == pytest.approx(run["metrics"]["psnr"], abs=1e-3)
 
+    # A later job on the same train_url (fresh cache, as on ModelArts) finds the checkpoints
+    # there: eval picks the newest, resume=auto continues from it.
+    fresh = ["--cache_dir=%s" % (tmp_path / "fresh")]
+    res = start(["--task=eval", "--data_url=" + data, "--train_url=obs://bucket/out"] + fresh
+                + TINY_AECRNET, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    again = read_json(str(out / "run.json"))
+    assert again["metrics"]["psnr"] == pytest.approx(run["metrics"]["psnr"], abs=1e-3)
+    res = start(["--data_url=" + data, "--train_url=obs://bucket/out", "--train.resume=auto",
+                 "--train.max_steps=5", "--train.eval_every=0"] + fresh + TINY_AECRNET, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    resumed = read_json(str(out / "run.json"))
+    assert (resumed["train"]["start_step"], resumed["train"]["steps"]) == (4, 5)
+    assert (out / "ckpt" / "step_00000005.ckpt").is_file()
+
+    # Converted official weights are evaluated or exported with no training checkpoint.
+    res = start(["--task=export", "--train_url=obs://bucket/export", "--eval.checkpoint=none"]
+                + TINY_AECRNET, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert (obs / "bucket" / "export" / "export" / "aecrnet.mindir").is_file()
+    assert not (obs / "bucket" / "export" / "ckpt").exists()
+
 
 def test_sigterm_after_first_checkpoint_keeps_it_in_train_url(obs):
     env = clean_env(str(obs))

@@ -1,5 +1,7 @@
 from __future__ import annotations
 
+import json
+
 import numpy as np
 import pytest
 
@@ -151,6 +153,7 @@ def test_parse_loss_scale():
 
 
 DP_WORKER = r'''
+import json
 import sys
 import numpy as np
 sys.path.insert(0, sys.argv[2])
@@ -176,12 +179,14 @@ def forward(x, y):
 step = build_train_step(forward, opt, distributed=True, loss_scale="dynamic")
 x = np.full((2, 3), rank + 1, np.float32)
 y = np.zeros((2, 1), np.float32)
-step(x, y)
+loss1 = float(step(x, y)[0].asnumpy())
 first = net.weight.asnumpy().ravel().tolist()
 if rank == 1:
     y[0, 0] = np.nan  # one rank overflows: every rank must skip the step
-step(x, y)
-print("RESULT", rank, first, net.weight.asnumpy().ravel().tolist(), flush=True)
+loss2 = float(step(x, y)[0].asnumpy())
+print("RESULT", rank, json.dumps({"first": first, "second": net.weight.asnumpy().ravel().tolist(),
+                                  "loss1": loss1, "loss2_finite": bool(np.isfinite(loss2))}),
+      flush=True)
 '''
 
 
@@ -218,6 +223,9 @@ def test_data_parallel_mean_gradients_and_joint_skip_with_msrun(tmp_path):
     assert sorted(r[1] for r in results) == ["0", "1"]
     # Rank r has x = r + 1, pred 3(r + 1): the mean gradient is 2·mean(3(r+1)·(r+1)) = 15.
     for _, _, rest in results:
-        first, second = rest.split("] [")
-        np.testing.assert_allclose(eval(first + "]"), [-0.5] * 3, rtol=1e-6)
-        np.testing.assert_allclose(eval("[" + second), [-0.5] * 3, rtol=1e-6)
+        got = json.loads(rest)
+        np.testing.assert_allclose(got["first"], [-0.5] * 3, rtol=1e-6)
+        np.testing.assert_allclose(got["second"], [-0.5] * 3, rtol=1e-6)
+        # Every rank reads the mean loss (9 and 36 → 22.5), and so sees the other's NaN too.
+        assert got["loss1"] == pytest.approx(22.5)
+        assert got["loss2_finite"] is False

@@ -127,6 +127,12 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
     recipe.build()
     job.update_run(model=recipe.describe())
     ckpt_dir = os.path.join(job.output_dir, "ckpt")
+    source = cfg["eval"].get("checkpoint", "") or "auto"
+    if (task == "train" and cfg["train"]["resume"] == "auto") or (
+            task != "train" and source == "auto"):
+        # A re-scheduled job (fresh /cache) finds its checkpoints in train_url; fetched before
+        # the manager reads best.ckpt, so a resumed run keeps the best metric so far.
+        job.fetch_outputs("ckpt")
     manager = CheckpointManager(ckpt_dir, keep_last=int(cfg["train"]["keep_last"]),
                                 is_writer=is_main, on_saved=job.push)
 
@@ -135,8 +141,6 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
             path = os.path.join(job.output_dir, "config.yaml")
             dump_config(cfg, path)
             job.push(path)
-        if cfg["train"]["resume"] == "auto":
-            job.fetch_outputs("ckpt")  # a re-scheduled job finds its checkpoints in train_url
         from src.engine.loop import train
         summary = train(recipe, cfg, output_dir=job.output_dir, ckpt=manager, is_main=is_main,
                         on_event=lambda name, **data: _on_event(job, name, data))
@@ -144,13 +148,16 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
                  parameter_checksum(recipe.checkpoint_cells()))
         job.update_run(train=summary, metrics=summary.get("metrics", {}))
     else:
-        source = cfg["eval"].get("checkpoint", "") or "auto"
-        path = resolve_resume(source, ckpt_dir)
-        if path is None:
-            raise UserError("no checkpoint to %s: set --eval.checkpoint to a .ckpt path or URL "
-                            "(none found in %s)" % (task, ckpt_dir))
-        extra = manager.load(path, recipe.checkpoint_cells())
-        log.info("loaded %s (step %s)", path, extra.get("step"))
+        if source == "none":
+            path = "none"
+            log.info("%s of the net as built, with no training checkpoint", task)
+        else:
+            path = resolve_resume(source, ckpt_dir)
+            if path is None:
+                raise UserError("no checkpoint to %s: set --eval.checkpoint to a .ckpt path or "
+                                "URL, or none (none found in %s)" % (task, ckpt_dir))
+            extra = manager.load(path, recipe.checkpoint_cells())
+            log.info("loaded %s (step %s)", path, extra.get("step"))
         if task == "eval":
             metrics = evaluate_recipe(recipe, cfg, job.output_dir) if is_main else {}
             job.update_run(metrics=metrics, checkpoint=path)

@@ -54,6 +54,13 @@ def _step_classes():
             # Ascend's overflow check reads the device's float status, which is per device:
             # ranks must agree on skipping a step or the replicas drift apart.
             self.flag_reduce = ops.AllReduce() if reducer is not None else None
+            # The returned loss is the mean over ranks, so every rank sees the same value: a
+            # NaN on one rank's batch stops all ranks together instead of leaving the others
+            # blocked in the next collective.
+            self.world = 1.0
+            if reducer is not None:
+                from mindspore.communication import get_group_size
+                self.world = float(get_group_size())
 
         def construct(self, *inputs):
             outputs, grads = self.grad_fn(*inputs)
@@ -71,6 +78,8 @@ def _step_classes():
                 self.scaler.adjust(finite)
             if finite:
                 loss = ops.depend(loss, self.optimizer(grads))
+            if self.flag_reduce is not None:
+                loss = self.flag_reduce(loss) / self.world
             return (loss,) + tuple(outputs[1:])
 
     class _JitStep(_EagerStep):
