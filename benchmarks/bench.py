@@ -43,7 +43,8 @@ MODEL_ROWS = {
                       "synth.width=1040", "synth.num_scenes=2"], False),
     "singan-demo": ("singan_dehaze", "configs/singan_dehaze_demo.yaml", [], True),
     "singan-b1-c256": ("singan_dehaze", "configs/singan_dehaze_demo.yaml",
-                       ["data.batch_size=1", "data.train.crop=256", "net.ngf=64",
+                       ["data.batch_size=1", "data.train.crop=256", "net.generator.ngf=64",
+                        "net.discriminator.ndf=64",
                         "synth.height=288", "synth.width=288"], False),
 }
 OTHER_ROWS = ("conv", "sync")
