@@ -151,14 +151,7 @@ class AECRNetRecipe(Recipe):
         return {"loss": total, "l1": l1, "cr": cr}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        import mindspore as ms
-
-        self.net.set_train(False)
-        try:
-            out = self.net(ms.Tensor(np.ascontiguousarray(x, dtype=np.float32))).asnumpy()
-        finally:
-            self.net.set_train(True)
-        return np.clip(out, 0.0, 1.0)
+        return np.clip(self.infer(self.net, x), 0.0, 1.0)
 
     def checkpoint_cells(self) -> dict:
         return {"net": self.net, "opt": self.optimizer}

@@ -112,6 +112,18 @@ class Recipe(abc.ABC):
     def output_scale(self) -> int:
         return 1
 
+    @staticmethod
+    def infer(net, x: np.ndarray) -> np.ndarray:
+        """One forward pass in eval mode (running statistics, not batch ones), then back to
+        training mode: evaluation happens between training steps."""
+        import mindspore as ms
+
+        net.set_train(False)
+        try:
+            return net(ms.Tensor(np.ascontiguousarray(x, dtype=np.float32))).asnumpy()
+        finally:
+            net.set_train(True)
+
     def describe(self) -> dict:
         """What run.json records about the built model: parameter counts per cell."""
         from mindspore import nn

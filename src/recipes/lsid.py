@@ -97,14 +97,7 @@ class LSIDRecipe(Recipe):
         return {"loss": loss, "mse": mse}
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        import mindspore as ms
-
-        self.net.set_train(False)
-        try:
-            out = self.net(ms.Tensor(np.ascontiguousarray(x, dtype=np.float32))).asnumpy()
-        finally:
-            self.net.set_train(True)
-        return np.clip(out, 0.0, 1.0)
+        return np.clip(self.infer(self.net, x), 0.0, 1.0)
 
     def output_scale(self) -> int:
         return 2

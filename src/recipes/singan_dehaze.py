@@ -322,12 +322,7 @@ class SinGANDehazeRecipe(Recipe):
     # -- inference, checkpoints, export ----------------------------------------------------
 
     def predict(self, x: np.ndarray) -> np.ndarray:
-        import mindspore as ms
-
-        self.g.set_train(False)
-        out = self.g(ms.Tensor(to_net(x))).asnumpy()
-        self.g.set_train(True)
-        return from_net(out)
+        return from_net(self.infer(self.g, to_net(x)))
 
     def checkpoint_cells(self) -> dict:
         return {"g": self.g, "d": self.d, "head": self.head, "opt_g": self.opt_g,
