@@ -1,4 +1,5 @@
-"""Shared fixtures: the filesystem OBS mock and a real S3 endpoint (moto_server) on loopback."""
+"""Shared fixtures: the filesystem OBS mock, a real S3 endpoint (moto_server) on loopback, and
+MindSpore's PyNative mode for unit tests."""
 from __future__ import annotations
 
 import os
@@ -93,3 +94,15 @@ def s3_bucket(moto_endpoint, clean_storage_env):
     bucket = "test-" + uuid.uuid4().hex[:12]
     client.create_bucket(Bucket=bucket)
     return types.SimpleNamespace(name=bucket, client=client, secret_key=MOTO_SECRET_KEY)
+
+
+@pytest.fixture
+def pynative_mode():
+    """Run a test op by op (MindSpore PyNative): a graph compile per shape would dominate unit
+    tests. The previous mode is restored afterwards, whatever the test switched to."""
+    import mindspore as ms
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.PYNATIVE_MODE)
+    yield
+    ms.set_context(mode=previous)

@@ -15,13 +15,7 @@ from src.nets.aecrnet import (  # noqa: E402
     AECRNet, ConvTranspose2d, FastDeconv, ModulatedDeformConv2d, count_parameters)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _pynative():
-    # Unit tests run op by op: one graph compile per shape would dominate their runtime.
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
-    yield
-    ms.set_context(mode=previous)
+pytestmark = pytest.mark.usefixtures("pynative_mode")
 
 
 DEMO_CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))),

@@ -17,9 +17,7 @@ X = np.random.default_rng(0).random((8, 3)).astype(np.float32)
 Y = (X @ np.array([[1.0], [2.0], [-1.0]], np.float32)).astype(np.float32)
 
 
-@pytest.fixture(autouse=True)
-def pynative():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+pytestmark = pytest.mark.usefixtures("pynative_mode")
 
 
 class Tiny(nn.Cell):

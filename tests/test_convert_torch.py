@@ -12,12 +12,7 @@ from src.errors import UserError  # noqa: E402
 from src.tools import convert_torch  # noqa: E402
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _pynative():
-    previous = ms.get_context("mode")
-    ms.set_context(mode=ms.PYNATIVE_MODE, device_target="CPU")
-    yield
-    ms.set_context(mode=previous)
+pytestmark = pytest.mark.usefixtures("pynative_mode")
 
 
 # ---------------------------------------------------------------------------------------------

@@ -14,11 +14,7 @@ from src.errors import UserError  # noqa: E402
 TRUE_W = np.array([[1.0], [-2.0], [0.5]], np.float32)
 
 
-@pytest.fixture(autouse=True)
-def pynative():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+pytestmark = pytest.mark.usefixtures("pynative_mode")
 
 
 def _data(n=32, seed=0):

@@ -126,9 +126,7 @@ def _run(out, cfg, events=None, **kw):
     return recipe, summary
 
 
-@pytest.fixture(autouse=True)
-def pynative():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
+pytestmark = pytest.mark.usefixtures("pynative_mode")
 
 
 def test_train_checkpoints_eval_and_resume(tmp_path):

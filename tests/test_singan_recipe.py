@@ -26,10 +26,7 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def pynative():
-    ms.set_context(mode=ms.PYNATIVE_MODE)
-    yield
+pytestmark = pytest.mark.usefixtures("pynative_mode")
 
 
 @pytest.fixture(scope="module")
