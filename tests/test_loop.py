@@ -10,10 +10,12 @@ ms = pytest.importorskip("mindspore")
 from mindspore import nn, ops  # noqa: E402
 
 from src.data.loader import Loader  # noqa: E402
-from src.engine.checkpoint import CheckpointManager  # noqa: E402
+from src.engine import interrupts  # noqa: E402
+from src.engine.checkpoint import CheckpointManager, resolve_resume  # noqa: E402
 from src.engine.loop import NonFiniteLoss, train  # noqa: E402
 from src.engine.progress import ProgressLogger, current_lr, format_seconds  # noqa: E402
 from src.engine.step import build_train_step  # noqa: E402
+from src.errors import UserError  # noqa: E402
 from src.recipes.base import Recipe, RecipeContext  # noqa: E402
 
 SIZE = 12
@@ -52,9 +54,9 @@ class ToyDehazer(Recipe):
 
     name = "toy"
 
-    def __init__(self, cfg, ctx, *, fail_at=None, nan_at=None):
+    def __init__(self, cfg, ctx, *, fail_at=None, nan_at=None, signal_at=None):
         super().__init__(cfg, ctx)
-        self.fail_at, self.nan_at = fail_at, nan_at
+        self.fail_at, self.nan_at, self.signal_at = fail_at, nan_at, signal_at
         self.calls = 0
 
     def train_loader(self):
@@ -89,6 +91,9 @@ class ToyDehazer(Recipe):
         if self.calls == self.nan_at:
             target = target * np.nan
         loss, _ = self.step(batch["input"], target)
+        if self.calls == self.signal_at:
+            # What the job's SIGTERM handler does when the signal lands after the update.
+            interrupts.deliver(KeyboardInterrupt())
         return {"loss": loss}
 
     def predict(self, x):
@@ -122,7 +127,8 @@ def _run(out, cfg, events=None, **kw):
     manager = CheckpointManager(str(out / "ckpt"), keep_last=cfg["train"]["keep_last"])
     summary = train(recipe, cfg, output_dir=str(out), ckpt=manager, is_main=True,
                     on_event=(lambda name, **d: events.append((name, d))) if events is not None
-                    else None)
+                    else None,
+                    resume_from=resolve_resume(cfg["train"]["resume"], manager.directory))
     return recipe, summary
 
 
@@ -167,6 +173,28 @@ def test_interrupt_saves_progress_then_propagates(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, _cfg(ckpt_every=0, eval_every=0, max_steps=20), fail_at=4)
     assert os.listdir(str(tmp_path / "ckpt")) == ["step_00000003.ckpt"]
+
+
+def test_signal_mid_step_saves_a_consistent_checkpoint(tmp_path):
+    """A SIGTERM landing after step 4's update must not leave a checkpoint that says step 3:
+    its optimizer would be one update ahead and a resume would run past the schedule."""
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path, _cfg(ckpt_every=0, eval_every=0, max_steps=20), signal_at=4)
+    assert os.listdir(str(tmp_path / "ckpt")) == ["step_00000004.ckpt"]
+    resumed, summary = _run(tmp_path, _cfg(ckpt_every=0, eval_every=0, max_steps=20,
+                                           resume="auto"))
+    assert summary["start_step"] == 4 and summary["steps"] == 20
+    assert int(resumed.opt.global_step.asnumpy()[0]) == 20
+
+
+def test_checkpoint_cut_mid_step_is_refused(tmp_path):
+    recipe, _ = _run(tmp_path, _cfg(ckpt_every=0, eval_every=0, max_steps=3))
+    # What older versions wrote: 3 updates applied, step 2 recorded.
+    manager = CheckpointManager(str(tmp_path / "bad"))
+    bad = manager.save(2, recipe.checkpoint_cells())
+    with pytest.raises(UserError, match="says step 2 but its optimizer.*opt: 3.*saved in the "
+                                        "middle of a step"):
+        _run(tmp_path / "x", _cfg(max_steps=5, resume=bad))
 
 
 def test_non_finite_loss_stops_without_saving(tmp_path):

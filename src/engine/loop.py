@@ -18,7 +18,7 @@ import os
 import time
 from typing import Callable, Dict, Optional
 
-from src.engine.checkpoint import resolve_resume
+from src.engine.interrupts import step_boundary
 from src.engine.progress import ProgressLogger, current_lr, to_floats
 from src.errors import UserError
 
@@ -55,10 +55,33 @@ def check_schedules(cells: dict, max_steps: int) -> None:
                                  % (key, values.shape[0], max_steps))
 
 
+def optimizer_steps(cells: dict) -> Dict[str, int]:
+    """key → updates applied, for every optimizer among `cells`."""
+    from mindspore import nn
+
+    return {key: int(cell.global_step.asnumpy().reshape(-1)[0]) for key, cell in cells.items()
+            if isinstance(cell, nn.Optimizer)}
+
+
+def check_consistent(path: str, step: int, cells: dict) -> None:
+    """A checkpoint's step must cover every update its optimizers applied (skipped non-finite
+    steps make an optimizer lag, never lead). One that claims fewer steps was cut by an
+    interrupt mid-step (written before this check existed): resuming from it runs past the end
+    of the learning-rate schedule."""
+    ahead = {k: n for k, n in optimizer_steps(cells).items() if n > step}
+    if ahead:
+        raise UserError("checkpoint %s says step %d but its optimizer(s) applied more updates "
+                        "(%s): it was saved in the middle of a step; resume from an earlier "
+                        "checkpoint (--train.resume=<that .ckpt>)" % (
+                            path, step, ", ".join("%s: %d" % kv for kv in ahead.items())))
+
+
 def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
-          on_event: Optional[Callable[..., None]] = None) -> dict:
-    """Train `recipe` (already built) until train.max_steps; → summary dict
-    {steps, start_step, seconds, first_step_seconds, images_per_second, metrics, checkpoint}."""
+          on_event: Optional[Callable[..., None]] = None,
+          resume_from: Optional[str] = None) -> dict:
+    """Train `recipe` (already built) until train.max_steps, continuing from the checkpoint
+    `resume_from` when given; → summary dict {steps, start_step, seconds, first_step_seconds,
+    images_per_second, metrics, checkpoint}."""
     from src.engine.evaluate import evaluate
 
     tcfg = cfg["train"]
@@ -77,11 +100,11 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
     loader = recipe.train_loader()
     steps_per_epoch = len(loader)
     step = 0
-    resume = resolve_resume(tcfg.get("resume", ""), ckpt.directory)
-    if resume:
-        extra = ckpt.load(resume, cells)
+    if resume_from:
+        extra = ckpt.load(resume_from, cells)
         step = int(extra.get("step", 0))
-        log.info("resuming from %s at step %d", resume, step)
+        check_consistent(resume_from, step, cells)
+        log.info("resuming from %s at step %d", resume_from, step)
     start_step = step
     if step >= max_steps:
         log.info("nothing to train: resumed at step %d >= train.max_steps %d", step, max_steps)
@@ -108,11 +131,12 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
 
     def save(at: int, metric: Optional[float] = None) -> Optional[str]:
         epoch = at // steps_per_epoch
-        path = ckpt.save(at, cells, {"epoch": epoch}, metric=metric)
+        with step_boundary():  # an interrupt waits for the file to be complete
+            path = ckpt.save(at, cells, {"epoch": epoch}, metric=metric)
         state["saved_step"] = at
-        if path:
-            emit("checkpoint", step=at, path=path,
-                 best=metric is not None and ckpt.best_step == at)
+        # On every rank (path None where another rank writes): each pushes its own log.
+        emit("checkpoint", step=at, path=path,
+             best=path is not None and metric is not None and ckpt.best_step == at)
         return path
 
     def run_eval(at: int) -> dict:
@@ -137,8 +161,10 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
             batches = iter(loader)
             try:
                 for batch in batches:
-                    terms = recipe.train_step(batch)
-                    step += 1
+                    # The step and its counting are one: an interrupt is raised after both.
+                    with step_boundary():
+                        terms = recipe.train_step(batch)
+                        step += 1
                     values = None
                     if first_step_seconds is None:
                         values = to_floats(terms)  # waits for the device: the real step time
