@@ -20,7 +20,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
-from src.errors import UserError
+from src.errors import UserError, reraise_disk_error
 
 log = logging.getLogger(__name__)
 
@@ -120,11 +120,18 @@ class CheckpointManager:
         self.best_step: Optional[int] = None
         if self.is_writer:
             os.makedirs(directory, exist_ok=True)
-            for stale in glob.glob(os.path.join(directory, ".*.tmp.ckpt")):
-                os.remove(stale)  # a crash mid-write left it; never a valid checkpoint
+            self._remove_temporaries()  # a crash mid-write left them; never valid
             best = os.path.join(directory, BEST_NAME)
             if os.path.isfile(best):
                 self._load_best_metric(best)
+
+    def _remove_temporaries(self) -> None:
+        # Ours (.step_N.tmp.ckpt, .best.tmp.ckpt) and what MindSpore writes on the way to them.
+        for stale in glob.glob(os.path.join(self.directory, ".*.tmp*")):
+            try:
+                os.remove(stale)
+            except OSError:
+                pass
 
     def _load_best_metric(self, path: str) -> None:
         import mindspore as ms
@@ -180,20 +187,29 @@ class CheckpointManager:
         records.append({"name": EXTRA_KEY, "data": ms.Tensor(blob.copy())})
 
         path = self.path_for(step)
-        os.makedirs(self.directory, exist_ok=True)
         # A half-written checkpoint must never carry the final name: the uploader pushes it and
         # a resume would pick it up. save_checkpoint wants a .ckpt suffix.
         tmp = os.path.join(self.directory, ".%s.tmp.ckpt" % os.path.basename(path)[:-5])
-        ms.save_checkpoint(records, tmp)
-        os.replace(tmp, path)
+        try:
+            os.makedirs(self.directory, exist_ok=True)
+            ms.save_checkpoint(records, tmp)
+            os.replace(tmp, path)
+        except OSError as err:
+            self._remove_temporaries()
+            needed = sum(int(np.prod(r["data"].shape)) * r["data"].itemsize for r in records)
+            reraise_disk_error(err, self.directory, needed)
         log.info("saved checkpoint %s", path)
         self._notify(path)
 
         if self.is_better(metric):
             best = os.path.join(self.directory, BEST_NAME)
             tmp_best = os.path.join(self.directory, ".best.tmp.ckpt")
-            shutil.copyfile(path, tmp_best)
-            os.replace(tmp_best, best)
+            try:
+                shutil.copyfile(path, tmp_best)
+                os.replace(tmp_best, best)
+            except OSError as err:
+                self._remove_temporaries()
+                reraise_disk_error(err, self.directory, os.path.getsize(path))
             self.best_metric, self.best_step = float(metric), int(step)
             log.info("new best %.4f at step %d → %s", metric, step, best)
             self._notify(best)
