@@ -258,6 +258,12 @@ class MockBackend(RemoteBackend):
     def copy(self, src, dst):
         self.upload(self._path(src), dst)
 
+    def remove(self, loc):
+        try:
+            os.remove(self._path(loc))
+        except FileNotFoundError:
+            pass
+
 
 class ObsSdkBackend(RemoteBackend):
     """Huawei's OBS SDK; speaks to OBS and to any S3-compatible endpoint."""
@@ -688,7 +694,7 @@ def _fill_sizes(entries: Dict[str, Entry], folder: Location, rels: Iterable[str]
 
 
 def sync(src: str, dst: str, *, threads: int = 8, retries: int = 3, backend=None,
-         incremental: bool = True, exclude: Iterable[str] = ()) -> SyncReport:
+         incremental: bool = True, exclude: Iterable[str] = (), delete: bool = False) -> SyncReport:
     """Copy the file or folder ``src`` to ``dst`` (local paths or obs://, s3:// URLs).
 
     A folder's contents land in ``dst`` (like ``rsync src/ dst/``). A file lands at ``dst``, or
@@ -805,6 +811,26 @@ def list_files(url: str, *, backend=None) -> Dict[str, Entry]:
     be = select_backend(backend)
     try:
         return _dest_entries(loc, be)
+    finally:
+        if be is not backend:
+            be.close()
+
+
+def mask_credentials(text: str) -> str:
+    return re.sub(r"(://)[^/@\s]+:[^/@\s]+@", r"\1***@", str(text))
+
+
+def remove(url: str, *, backend=None, retries: int = 3) -> None:
+    loc = parse_location(url)
+    if not loc.remote:
+        try:
+            os.remove(loc.path)
+        except FileNotFoundError:
+            pass
+        return
+    be = select_backend(backend)
+    try:
+        with_retries("remove %s" % loc.url, lambda: be.remove(loc), retries)
     finally:
         if be is not backend:
             be.close()
