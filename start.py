@@ -102,6 +102,7 @@ def main(argv=None) -> int:
     from modelarts.environment import detect_environment
     from src.config import load_config
 
+    job = None
     try:
         inv = parse_argv(sys.argv[1:] if argv is None else list(argv))
         # `plan` prints JSON on stdout for tools to read: its log lines go to stderr.
@@ -127,11 +128,14 @@ def main(argv=None) -> int:
             return 0
         from modelarts.job import Job
         from src.engine.runner import run_task
-        with Job(cfg, env, inv.task) as job:
+        job = Job(cfg, env, inv.task)
+        with job:
             return run_task(inv.task, cfg, env, plan, job)
     except UserError as err:
         logging.getLogger().handlers[:] = []
-        print("error: %s" % err, file=sys.stderr)
+        # Errors about staged files name the obs:// object, not the cache copy.
+        message = job.describe_path(str(err)) if job is not None else str(err)
+        print("error: %s" % message, file=sys.stderr)
         return 2
 
 

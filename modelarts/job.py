@@ -1,36 +1,36 @@
-"""The life of one training job: stage inputs, push outputs while it runs, upload at the end.
+"""The life of one job: find its run, stage inputs, push outputs while it runs, record the end.
 
 ``with Job(cfg, env, task) as job:`` around the task does, on every rank:
 
-* **inputs** — ``stage_inputs()`` copies an ``obs://``/``s3://`` ``data_url`` to the local
-  cache once per node: local rank 0 copies, the other local ranks wait for a marker file.
-  The marker names the job and the URL, carries the outcome (a failed copy's error is raised
-  on every waiting rank instead of leaving them hanging), and a marker written before this
-  launch started is never trusted. Waiters give up ``rank_table_timeout`` seconds after the
-  copying rank's last heartbeat. A local ``data_url`` is used as it is.
-* **outputs** — ``output_dir`` is ``train_url`` itself when that is a local folder, else a
-  local folder that mirrors it: ``push(path)`` uploads each new file (checkpoints,
-  exports, run.json) in a background thread while training runs, and the final upload sends
-  whatever is still missing. A failed push is logged, never fatal: the final upload retries it.
-* **logs** — each rank writes ``logs/rank_<global rank>.log`` and uploads its own; rank 0
-  uploads everything else and keeps ``run.json`` (status, ranks, versions, times, metrics).
+* **the run** (train) — train_url belongs to one run (``modelarts/run_record.py``). Before any
+  data is staged, the job reads train_url's ``run.json``: the same run unfinished → resume from
+  its newest complete checkpoint (only that file and best.ckpt are fetched); the same run
+  finished → nothing to do; another run → one error line, nothing written. Rank 0 appends an
+  attempt to the record and closes it at the end.
+* **its own place** (every other task) — eval, export, synth and preprocess write their record,
+  log and outputs under ``train_url/<task>/<YYYYmmdd-HHMMSS>/``, never into the training run.
+* **inputs** — ``stage_inputs()`` mirrors an ``obs://``/``s3://`` ``data_url`` into the local
+  cache once per node (``modelarts/staging.py``); a local ``data_url`` is used as it is.
+* **outputs** — ``output_dir`` is train_url itself when that is a local folder, else a local
+  folder that mirrors it: new files are pushed while training runs (``modelarts/outputs.py``),
+  the run record points to a checkpoint only once it is complete in train_url, old step
+  checkpoints beyond ``train.keep_last`` are removed there too, and each rank's log follows
+  every ``sync.log_every`` seconds and at every checkpoint.
 * **the end** — normal exit, an exception or SIGTERM (ModelArts' stop / pre-emption) all end
-  in ``__exit__``: status finished / failed (with the error) / interrupted, pending pushes
-  drained, final upload. The original exception always propagates.
+  in ``__exit__``: the attempt is closed as finished / failed (with the error) / interrupted,
+  pending pushes drained, final upload. A SIGTERM during a train step waits for the step to
+  end (``src/engine/interrupts.py``). The original exception always propagates.
 
 Cache layout (``cache_dir``: ``/cache`` on ModelArts, ``./runs/cache`` elsewhere): a remote
-``obs://bucket/key`` is staged to ``<cache_dir>/<kind>/bucket/key`` (kind: data, files, ...),
-so different data sets never mix in one folder and a re-run with the same URL copies only
-what changed; outputs for a remote ``train_url`` go to ``<cache_dir>/output/bucket/key``.
+``obs://bucket/key`` is staged to ``<cache_dir>/<kind>/bucket/key`` (kind: data, files, ...);
+outputs for a remote ``train_url`` go to ``<cache_dir>/output/bucket/key``.
 """
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 import os
 import platform as _platform
-import queue
 import re
 import shutil
 import signal
@@ -38,23 +38,22 @@ import sys
 import tempfile
 import threading
 import time
-from typing import Any, Callable, Dict, Optional, Tuple
+from typing import Any, Dict, List, Optional, Tuple
 
 import obs_sync
-from src.errors import UserError
+from modelarts import run_record
+from modelarts.outputs import LogPusher, Pusher, prune_checkpoints, remote_join
+from modelarts.staging import NodeOnce, process_start_time, read_json, write_json
+from src.engine import interrupts
+from src.errors import UserError, reraise_disk_error
 
 log = logging.getLogger(__name__)
 
 MODELARTS_CACHE = "/cache"
 LOCAL_CACHE = os.path.join("runs", "cache")
-STAGING_DIR = ".staging"  # markers, inside cache_dir
-HEARTBEAT_S = 2.0
-POLL_S = 0.2
-# Ranks of one launch start within this many seconds of each other: a marker written longer
-# before this process started is from an earlier launch (job ids repeat: "local", msrun's port).
-LAUNCH_SKEW_S = 120.0
 # Files that must not leave the node: checkpoint writers' temporaries, obs_sync's own.
 UPLOAD_EXCLUDE = (".*.tmp*", "*/.*.tmp*", "*" + obs_sync.TMP_SUFFIX)
+TRAIN = "train"
 
 
 class JobInterrupted(SystemExit):
@@ -67,6 +66,10 @@ class JobInterrupted(SystemExit):
 
     def __str__(self) -> str:
         return "interrupted by signal %d" % self.signum
+
+
+class RunFinished(Exception):
+    """Not an error: the run in train_url is already finished."""
 
 
 # --------------------------------------------------------------------------- where things go
@@ -83,9 +86,27 @@ def _mirror(cache_dir: str, kind: str, url: str) -> str:
     return os.path.join(cache_dir, kind, loc.bucket, *parts)
 
 
-def resolve_dirs(cfg: dict, env) -> Tuple[str, str]:
+def task_folder(task: str, launch_time: float) -> str:
+    """Where a task other than train keeps its record and outputs, relative to train_url."""
+    return "%s/%s" % (task, time.strftime("%Y%m%d-%H%M%S", time.localtime(launch_time)))
+
+
+def record_url(cfg: dict, env, task: str, launch_time: float) -> str:
+    """The train_url (or sub-folder of it) this task's record and outputs belong to; '' when
+    the config has no train_url."""
+    train_url = cfg.get("train_url") or ""
+    if not train_url or task == TRAIN:
+        return train_url
+    if obs_sync.is_remote(train_url):
+        return remote_join(train_url, task_folder(task, launch_time))
+    return os.path.join(os.path.abspath(train_url), *task_folder(task, launch_time).split("/"))
+
+
+def resolve_dirs(cfg: dict, env, task: str = TRAIN,
+                 launch_time: Optional[float] = None) -> Tuple[str, str]:
     """(data_dir, output_dir) the job will use; pure, for ``--task plan``. data_dir is '' when
     there is no data_url."""
+    launch_time = time.time() if launch_time is None else launch_time
     cache_dir = os.path.abspath(cfg.get("cache_dir") or default_cache_dir(env))
     data_url = cfg.get("data_url") or ""
     if not data_url:
@@ -94,47 +115,19 @@ def resolve_dirs(cfg: dict, env) -> Tuple[str, str]:
         data_dir = _mirror(cache_dir, "data", data_url)
     else:
         data_dir = os.path.abspath(data_url)
-    train_url = cfg.get("train_url") or ""
+    target = record_url(cfg, env, task, launch_time)
+    sub = [] if task == TRAIN else task_folder(task, launch_time).split("/")
     if cfg.get("output_dir"):
-        output_dir = os.path.abspath(cfg["output_dir"])
-    elif not train_url:
-        output_dir = os.path.join(cache_dir, "output", "local")
-    elif obs_sync.is_remote(train_url):
-        output_dir = _mirror(cache_dir, "output", train_url)
+        output_dir = os.path.join(os.path.abspath(cfg["output_dir"]), *sub)
+    elif not target:
+        # No train_url: each run keeps to a folder named after it, so runs never mix.
+        name = run_record.run_identity(cfg, env) if task == TRAIN else ""
+        output_dir = os.path.join(cache_dir, "output", "local", name, *sub)
+    elif obs_sync.is_remote(target):
+        output_dir = _mirror(cache_dir, "output", target)
     else:
-        output_dir = os.path.abspath(train_url)
-    return data_dir, output_dir
-
-
-def _process_start_time() -> float:
-    """When this process started (Linux), so that every rank of a launch agrees on what is
-    'before this launch' however long its imports took; now, where /proc is missing."""
-    try:
-        with open("/proc/self/stat") as f:
-            ticks = int(f.read().rsplit(")", 1)[1].split()[19])
-        with open("/proc/stat") as f:
-            boot = next(int(line.split()[1]) for line in f if line.startswith("btime"))
-        return boot + ticks / os.sysconf("SC_CLK_TCK")
-    except (OSError, ValueError, IndexError, StopIteration):
-        return time.time()
-
-
-def _write_json(path: str, data: dict) -> None:
-    obs_sync.atomic_local_write(path, lambda tmp: _dump(tmp, data))
-
-
-def _dump(path: str, data: dict) -> None:
-    with open(path, "w") as f:
-        json.dump(data, f, indent=2, sort_keys=True, default=str)
-        f.write("\n")
-
-
-def _read_json(path: str) -> Optional[dict]:
-    try:
-        with open(path) as f:
-            return json.load(f)
-    except (OSError, ValueError):
-        return None  # not there yet, or being replaced
+        output_dir = target
+    return data_dir, output_dir.rstrip(os.sep)
 
 
 def _versions() -> Dict[str, Optional[str]]:
@@ -153,8 +146,12 @@ def _versions() -> Dict[str, Optional[str]]:
     return found
 
 
-def _iso(t: float) -> str:
-    return time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(t))
+def sha256_file(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
 
 
 # --------------------------------------------------------------------------- the job
@@ -171,34 +168,49 @@ class Job:
         self.train_url = cfg.get("train_url") or ""
         self.cache_dir = os.path.abspath(cfg.get("cache_dir") or default_cache_dir(env))
         self.data_dir: Optional[str] = None  # set by stage_inputs()
-        _, self.output_dir = resolve_dirs(cfg, env)
+        self.launch_time = process_start_time() if launch_time is None else launch_time
+        self.record_url = record_url(cfg, env, task, self.launch_time)
+        _, self.output_dir = resolve_dirs(cfg, env, task, self.launch_time)
         sync_cfg = cfg.get("sync") or {}
         self.sync_options = {"threads": int(sync_cfg.get("threads", 8)),
                              "retries": int(sync_cfg.get("retries", 3))}
-        self.wait_timeout = float(cfg.get("rank_table_timeout") or 600)
-        self.launch_time = _process_start_time() if launch_time is None else launch_time
+        self.log_every = float(sync_cfg.get("log_every", 60) or 0)
+        self.keep_last = int((cfg.get("train") or {}).get("keep_last", 0) or 0)
+        wait_timeout = float(cfg.get("rank_table_timeout") or 600)
 
         worker = getattr(env, "role", "worker") == "worker"
         self.is_main = worker and env.global_rank == 0
         self.is_node_main = worker and env.local_rank == 0
         self.log_name = ("rank_%d.log" % env.global_rank) if worker else "scheduler.log"
-        # Upload to train_url unless outputs are written there directly.
-        self.upload_to = (self.train_url if self.train_url and (
-            obs_sync.is_remote(self.train_url)
-            or os.path.abspath(self.train_url) != self.output_dir) else "")
+        # Upload to the record's place unless outputs are written there directly.
+        self.upload_to = (self.record_url if self.record_url and (
+            obs_sync.is_remote(self.record_url)
+            or os.path.abspath(self.record_url) != self.output_dir) else "")
+        # Tasks other than train: only rank 0 has anything to keep.
+        self.keeps_outputs = task == TRAIN or self.is_main
+        self.run_id = run_record.run_identity(cfg, env) if task == TRAIN else None
+        self.decision: Optional[run_record.Decision] = None
+        self.resume_from: Optional[str] = None  # local checkpoint the training continues from
         self.run: Dict[str, Any] = {}
+        self.last_step: Optional[int] = None
+        self._run_lock = threading.RLock()
+        self._staging = NodeOnce(self.cache_dir, env.job_id, self.is_node_main,
+                                 launch_time=self.launch_time, timeout=wait_timeout)
+        self._pusher = Pusher(self.output_dir, self.upload_to,
+                              retries=self.sync_options["retries"])
+        self._log_pusher: Optional[LogPusher] = None
+        self._sources: Dict[str, str] = {}  # local copy → the URL it was staged from
         self._scratch: Optional[str] = None
         self._log_handler: Optional[logging.Handler] = None
         self._root_level: Optional[int] = None
-        self._old_sigterm: Any = None
-        self._sigterm_installed = False
-        self._pushes: queue.Queue[Optional[str]] = queue.Queue()
-        self._pending: set = set()
-        self._pending_lock = threading.Lock()
-        self._push_thread: Optional[threading.Thread] = None
-        self._failed_pushes: list = []
-        self._done_markers: list = []  # removed when the job finishes
+        self._old_signals: Dict[int, Any] = {}
+        self._recording = False  # this process writes the run record
+        self._found_record: Optional[dict] = None
         self._started = time.time()
+
+    @property
+    def finished_already(self) -> bool:
+        return self.decision is not None and self.decision.action == "finished"
 
     # ----------------------------------------------------------------- enter / exit
 
@@ -211,40 +223,43 @@ class Job:
         return self
 
     def _enter(self) -> None:
-        os.makedirs(self.output_dir, exist_ok=True)
-        if self.is_node_main and self._output_is_staging_area():
-            self._clear_output_dir()
+        self._install_signals()
+        if self.task == TRAIN:
+            self.decision = self._decide()
+            if self.finished_already:
+                log.info("%s", self.decision.message)
+                return
+        if not self.keeps_outputs:
+            return
+        try:
+            os.makedirs(self.output_dir, exist_ok=True)
+            if self.is_node_main and self._output_is_staging_area():
+                self._clear_output_dir()
+        except OSError as err:
+            reraise_disk_error(err, self.output_dir)
         self._open_log()
-        self._install_sigterm()
         log.info("job %s: %s rank %d/%d (local %d/%d, node %d/%d), task %s, output %s%s",
                  self.env.job_id, self.env.platform, self.env.global_rank, self.env.world_size,
                  self.env.local_rank, self.env.local_world_size, self.env.node_rank,
                  self.env.num_nodes, self.task, self.output_dir,
                  " → " + self.upload_to if self.upload_to else "")
+        if self.decision is not None:
+            log.info("%s", self.decision.message)
         if not self.is_main:
             return
         if self.upload_to:
-            self._push_thread = threading.Thread(target=self._push_worker, name="job-push",
-                                                 daemon=True)
-            self._push_thread.start()
+            self._pusher.start()
         elif not self.train_url:
             log.log(logging.WARNING if self.task in ("train", "eval", "export") else logging.INFO,
                     "train_url is empty: outputs stay in %s only", self.output_dir)
-        self.update_run(
-            status="running", task=self.task, model=self.cfg.get("model"),
-            platform=self.env.platform, launcher=getattr(self.env, "launcher", None),
-            device_target=self.env.device_target, rank_size=self.env.world_size,
-            num_nodes=self.env.num_nodes, job_id=self.env.job_id, data_url=self.data_url,
-            train_url=self.train_url, output_dir=self.output_dir, versions=_versions(),
-            start_time=_iso(self._started), end_time=None, durations={}, error=None,
-            metrics={})
-        if self.task == "train" and self.train_url:
-            self._warn_leftover_checkpoints()
+        self._open_record()
+        if self.decision is not None and self.decision.checkpoint:
+            self.resume_from = self._fetch_resume_checkpoint(self.decision)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         # A second SIGTERM during the final upload must not cut it short: the platform's
         # SIGKILL comes soon enough if it is in a hurry.
-        if self._sigterm_installed:
+        if self._old_signals:
             signal.signal(signal.SIGTERM, self._late_sigterm)
         try:
             self._finish(exc_type, exc)
@@ -253,87 +268,98 @@ class Job:
                 raise
             # Never mask the error that ended the job.
             log.error("final upload after %s failed: %s: %s", exc_type.__name__,
-                      type(err).__name__, err)
+                      type(err).__name__, obs_sync.mask_credentials(str(err)))
         finally:
             self._teardown()
         return False
 
     def _finish(self, exc_type, exc) -> None:
+        if self.finished_already or not self.keeps_outputs:
+            return
         if exc is None:
             status, error = "finished", None
         elif isinstance(exc, (JobInterrupted, KeyboardInterrupt)):
             status, error = "interrupted", str(exc) or exc_type.__name__
+        elif isinstance(exc, UserError):
+            status, error = "failed", self.describe_path(str(exc))
         else:
-            status, error = "failed", "%s: %s" % (exc_type.__name__, exc)
+            status, error = "failed", "%s: %s" % (exc_type.__name__, self.describe_path(str(exc)))
         ended = time.time()
         if status == "finished":
             log.info("job %s finished in %.1f s", self.env.job_id, ended - self._started)
         else:
             log.error("job %s %s after %.1f s: %s", self.env.job_id, status,
                       ended - self._started, error)
-        if self.is_main:
-            durations = dict(self.run.get("durations") or {}, total_s=round(ended - self._started, 3))
-            self._write_run(status=status, error=error, end_time=_iso(ended), durations=durations)
-            self._stop_pushes()
-            if self._failed_pushes:
+        durations = dict(self.run.get("durations") or {}, total_s=round(ended - self._started, 3))
+        if self._recording:
+            with self._run_lock:
+                run_record.close_attempt(self.run, status=status, reason=error, ended=ended,
+                                         last_step=self.last_step)
+                self._write_run(error=error, end_time=run_record.iso(ended), durations=durations)
+            self._pusher.stop()
+            if self._pusher.failed:
                 log.info("%d push(es) failed while running; the final upload sends them now",
-                         len(self._failed_pushes))
+                         len(self._pusher.failed))
         if status == "finished":
             # Every rank got past staging long ago (they trained together). Failure markers
             # stay: a rank may still be about to read one; the next launch clears them.
-            for path in self._done_markers:
-                try:
-                    os.remove(path)
-                except FileNotFoundError:
-                    pass
+            self._staging.finish()
         failure: Optional[BaseException] = None
-        if self.is_main and self.upload_to:
+        if self._recording and self.upload_to:
             try:
                 self._final_upload(durations)
             except Exception as err:
-                log.error("final upload to %s failed: %s: %s", self.upload_to,
-                          type(err).__name__, err)
+                log.error("final upload to %s failed: %s", self.upload_to,
+                          obs_sync.mask_credentials(str(err)))
                 failure = err
+        if self._log_pusher is not None:
+            self._log_pusher.stop()
         self._close_log()
-        if self.upload_to:
-            try:
-                self._upload_own_log()
-            except Exception as err:
-                failure = failure or err
+        if self._log_pusher is not None:
+            self._log_pusher.send(force=True)
+            self._log_pusher = None
         if failure is not None:
             raise failure
 
     def _final_upload(self, durations: dict) -> None:
         started = time.time()
         report = obs_sync.sync(self.output_dir, self.upload_to,
-                               exclude=UPLOAD_EXCLUDE + ("logs/*",), **self.sync_options)
+                               exclude=UPLOAD_EXCLUDE + ("logs/*", run_record.RECORD_NAME),
+                               **self.sync_options)
         durations["final_upload_s"] = round(time.time() - started, 3)
         log.info("uploaded outputs to %s: %s", self.upload_to, report.summary())
-        self._write_run(durations=durations)
-        obs_sync.sync(os.path.join(self.output_dir, "run.json"), self._remote("run.json"),
-                      incremental=False, **self.sync_options)
+        with self._run_lock:
+            self._write_run(durations=durations)
+            self._upload_record()
 
     def _teardown(self) -> None:
-        self._stop_pushes()
+        self._pusher.stop()
+        if self._log_pusher is not None:
+            self._log_pusher.stop()
+            self._log_pusher = None
         self._close_log()
-        if self._sigterm_installed:
-            signal.signal(signal.SIGTERM, self._old_sigterm)
-            self._sigterm_installed = False
+        for signum, handler in self._old_signals.items():
+            signal.signal(signum, handler)
+        self._old_signals = {}
         if self._scratch:
             shutil.rmtree(self._scratch, ignore_errors=True)
             self._scratch = None
 
     # ----------------------------------------------------------------- signals and logs
 
-    def _install_sigterm(self) -> None:
+    def _install_signals(self) -> None:
         if threading.current_thread() is not threading.main_thread():
             return  # signal handlers can only be set from the main thread
 
         def on_sigterm(signum, frame):
-            raise JobInterrupted(signum)
+            interrupts.deliver(JobInterrupted(signum))
 
-        self._old_sigterm = signal.signal(signal.SIGTERM, on_sigterm)
-        self._sigterm_installed = True
+        def on_sigint(signum, frame):
+            interrupts.deliver(KeyboardInterrupt())
+
+        self._old_signals[signal.SIGTERM] = signal.signal(signal.SIGTERM, on_sigterm)
+        if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+            self._old_signals[signal.SIGINT] = signal.signal(signal.SIGINT, on_sigint)
 
     @staticmethod
     def _late_sigterm(signum, frame) -> None:
@@ -342,6 +368,16 @@ class Job:
     def _open_log(self) -> None:
         path = os.path.join(self.output_dir, "logs", self.log_name)
         os.makedirs(os.path.dirname(path), exist_ok=True)
+        remote_log = remote_join(self.upload_to, "logs/" + self.log_name) if self.upload_to \
+            else ""
+        if remote_log and not os.path.exists(path) and self.task == TRAIN:
+            # A restart on a fresh cache carries on the run's log instead of replacing it.
+            try:
+                if obs_sync.exists(remote_log):
+                    obs_sync.sync(remote_log, path, incremental=False, threads=1,
+                                  retries=self.sync_options["retries"])
+            except UserError as err:
+                log.warning("could not fetch the earlier log %s: %s", remote_log, err)
         handler = logging.FileHandler(path, mode="a", encoding="utf-8")
         handler.setFormatter(logging.Formatter(
             "%(asctime)s %(levelname)s %(name)s [%(threadName)s]: %(message)s"))
@@ -353,6 +389,10 @@ class Job:
             root.setLevel(logging.INFO)
         root.addHandler(handler)
         self._log_handler = handler
+        if remote_log:
+            self._log_pusher = LogPusher(path, remote_log, every=self.log_every,
+                                         retries=self.sync_options["retries"])
+            self._log_pusher.start()
 
     def _close_log(self) -> None:
         if self._log_handler is None:
@@ -365,115 +405,228 @@ class Job:
             root.setLevel(self._root_level)
             self._root_level = None
 
-    def _upload_own_log(self) -> None:
-        path = os.path.join(self.output_dir, "logs", self.log_name)
-        if os.path.exists(path):
-            obs_sync.sync(path, self._remote("logs/" + self.log_name), incremental=False,
-                          **self.sync_options)
+    def push_log(self) -> None:
+        """Send this rank's log now (at checkpoints), in the background."""
+        if self._log_pusher is not None:
+            self._log_pusher.poke()
+
+    # ----------------------------------------------------------------- the run record
+
+    def _read_store(self, rel: str) -> Optional[dict]:
+        """A JSON file under the record's place (train_url), or None."""
+        if not self.record_url:
+            return read_json(os.path.join(self.output_dir, *rel.split("/")))
+        if not obs_sync.is_remote(self.record_url):
+            return read_json(os.path.join(self.record_url, *rel.split("/")))
+        url = remote_join(self.record_url, rel)
+        if not obs_sync.exists(url):
+            return None
+        local = os.path.join(self.scratch_dir, "fetched", *rel.split("/"))
+        obs_sync.sync(url, local, incremental=False, threads=1,
+                      retries=self.sync_options["retries"])
+        data = read_json(local)
+        if data is None:
+            raise UserError("%s is not valid JSON: it is not a run record this package wrote; "
+                            "use another train_url" % url)
+        return data
+
+    def _list_checkpoints(self) -> List[str]:
+        where = self.record_url or self.output_dir
+        url = (remote_join(where, run_record.CKPT_DIR) if obs_sync.is_remote(where)
+               else os.path.join(where, run_record.CKPT_DIR))
+        return sorted(n for n in obs_sync.list_files(url) if "/" not in n)
+
+    def _decide(self) -> run_record.Decision:
+        where = self.record_url or self.output_dir
+        record = self._read_store(run_record.RECORD_NAME)
+        if record is not None and record.get("task") not in (None, TRAIN):
+            record = None  # an eval/export record of the old layout: not a training run
+        decision = run_record.decide(record, self._list_checkpoints(), self.run_id,
+                                     str((self.cfg.get("train") or {}).get("resume") or ""),
+                                     where)
+        if decision.action == "refuse":
+            raise UserError(decision.message)
+        self._found_record = record
+        return decision
+
+    def _open_record(self) -> None:
+        """Rank 0: the run record with this attempt (train), or this task's own record."""
+        base = dict(task=self.task, model=self.cfg.get("model"), platform=self.env.platform,
+                    launcher=getattr(self.env, "launcher", None),
+                    device_target=self.env.device_target, rank_size=self.env.world_size,
+                    num_nodes=self.env.num_nodes, job_id=self.env.job_id,
+                    data_url=self.data_url, train_url=self.train_url,
+                    output_dir=self.output_dir, versions=_versions(), error=None,
+                    start_time=run_record.iso(self._started), end_time=None)
+        with self._run_lock:
+            if self.task == TRAIN:
+                self.run = run_record.open_attempt(
+                    self._found_record, run_id=self.run_id,
+                    fp=run_record.fingerprint(self.cfg, self.env.world_size),
+                    decision=self.decision, env=self.env, started=self._started)
+                self.last_step = self.decision.step
+                base["durations"] = {}
+            else:
+                self.run = {"status": "running", "durations": {}, "metrics": {}}
+            self.run.update(base)
+            self._recording = True
+            self._write_run()
+        self._push_record()
+
+    def update_run(self, **fields) -> None:
+        """Merge ``fields`` into the record (rank 0) and push it."""
+        if not self._recording:
+            return
+        with self._run_lock:
+            self._write_run(**fields)
+        self._push_record()
+
+    def _write_run(self, **fields) -> None:
+        self.run.update(fields)
+        path = os.path.join(self.output_dir, run_record.RECORD_NAME)
+        try:
+            write_json(path, self.run)
+        except OSError as err:
+            reraise_disk_error(err, self.output_dir)
+
+    def _push_record(self) -> None:
+        if self.upload_to:
+            self._pusher.push(os.path.join(self.output_dir, run_record.RECORD_NAME))
+
+    def _upload_record(self) -> None:
+        obs_sync.sync(os.path.join(self.output_dir, run_record.RECORD_NAME),
+                      remote_join(self.upload_to, run_record.RECORD_NAME), incremental=False,
+                      threads=1, retries=self.sync_options["retries"])
+
+    # ----------------------------------------------------------------- checkpoints
+
+    def checkpoint_saved(self, path: str, *, step: Optional[int] = None,
+                         metric: Optional[float] = None) -> None:
+        """A checkpoint file was written under output_dir/ckpt: push it, and point the run
+        record to it once it is complete in train_url (then prune old ones there)."""
+        if not self._recording:
+            return
+        name = os.path.basename(path)
+        kind = "best" if name == run_record.BEST_NAME else "checkpoint"
+        if kind == "checkpoint":
+            self.last_step = run_record.step_of(name)
+        size, mtime = os.path.getsize(path), os.stat(path).st_mtime_ns
+        digest = sha256_file(path)  # before the upload: what the pointer vouches for
+
+        def point() -> None:
+            st = os.stat(path) if os.path.exists(path) else None
+            if st is None or (st.st_size, st.st_mtime_ns) != (size, mtime):
+                return  # replaced meanwhile: the newer version's own push points to it
+            info = {"path": "%s/%s" % (run_record.CKPT_DIR, name), "size": size,
+                    "sha256": digest, "step": step if kind == "best" else self.last_step,
+                    "time": run_record.iso(time.time())}
+            if kind == "best":
+                info["metric"] = metric
+            with self._run_lock:
+                if kind == "checkpoint":
+                    self.run.setdefault("attempts", [{}])[-1]["last_step"] = info["step"]
+                self._write_run(**{kind: info})
+                if self.upload_to:
+                    self._upload_record()
+            if kind == "checkpoint" and self.upload_to and self.keep_last > 0:
+                removed = prune_checkpoints(remote_join(self.upload_to, run_record.CKPT_DIR),
+                                            self.keep_last, (name,),
+                                            retries=self.sync_options["retries"])
+                if removed:
+                    log.info("removed %s from train_url (train.keep_last=%d)",
+                             ", ".join(removed), self.keep_last)
+
+        if self.upload_to:
+            self._pusher.push(path, then=point)
+        else:
+            point()
+        self.push_log()
+
+    def _fetch_resume_checkpoint(self, decision: run_record.Decision) -> str:
+        """The checkpoint the run continues from (and best.ckpt), local, verified."""
+        rel = decision.checkpoint
+        local = os.path.join(self.output_dir, *rel.split("/"))
+        pointer = (self._found_record or {}).get("checkpoint") or {}
+        if self.upload_to:
+            wanted = [rel]
+            if run_record.BEST_NAME in self._list_checkpoints():
+                wanted.append(run_record.CKPT_DIR + "/" + run_record.BEST_NAME)
+            for item in wanted:
+                obs_sync.sync(remote_join(self.upload_to, item),
+                              os.path.join(self.output_dir, *item.split("/")),
+                              **self.sync_options)
+            log.info("fetched %s from %s", " and ".join(wanted), self.upload_to)
+        if not os.path.isfile(local):
+            raise UserError("the run record in %s points to %s, which is not there: resume "
+                            "from another checkpoint with --train.resume=<.ckpt path or URL>"
+                            % (self.record_url or self.output_dir, rel))
+        if pointer.get("path") == rel and pointer.get("sha256") and \
+                sha256_file(local) != pointer["sha256"]:
+            raise UserError("%s differs from what the run record vouches for (sha256): it was "
+                            "replaced or damaged; resume from another checkpoint with "
+                            "--train.resume=<.ckpt path or URL>" % rel)
+        return local
+
+    def run_checkpoint(self) -> Optional[str]:
+        """For eval/export: the newest complete checkpoint of the run in train_url, fetched
+        to a private folder; None when train_url holds none."""
+        base = self.train_url or ""
+        if not base:
+            return None
+        if obs_sync.is_remote(base):
+            record_json = remote_join(base, run_record.RECORD_NAME)
+            record = None
+            if obs_sync.exists(record_json):
+                local = os.path.join(self.scratch_dir, "run", run_record.RECORD_NAME)
+                obs_sync.sync(record_json, local, incremental=False, threads=1,
+                              retries=self.sync_options["retries"])
+                record = read_json(local)
+            names = obs_sync.list_files(remote_join(base, run_record.CKPT_DIR))
+        else:
+            record = read_json(os.path.join(base, run_record.RECORD_NAME))
+            names = obs_sync.list_files(os.path.join(base, run_record.CKPT_DIR))
+        pointer = (record or {}).get("checkpoint") or {}
+        rel = pointer.get("path")
+        if not rel:
+            steps = sorted((run_record.step_of(n), n) for n in names
+                           if run_record.step_of(n) is not None)
+            if not steps:
+                return None
+            rel = run_record.CKPT_DIR + "/" + steps[-1][1]
+        if not obs_sync.is_remote(base):
+            return os.path.join(base, *rel.split("/"))
+        local = os.path.join(self.scratch_dir, "run", *rel.split("/"))
+        obs_sync.sync(remote_join(base, rel), local, **self.sync_options)
+        return local
 
     # ----------------------------------------------------------------- outputs
 
     def _output_is_staging_area(self) -> bool:
         """The local output folder only mirrors a remote train_url (we chose it, the user did
-        not): leftovers of an earlier run there would be uploaded into this run's train_url
-        and taken by resume=auto, so it starts empty. Logs stay (each rank appends to its own)."""
-        return (not self.cfg.get("output_dir") and bool(self.train_url)
-                and obs_sync.is_remote(self.train_url))
+        not): what an earlier launch left there would be uploaded into train_url, so it starts
+        empty and takes what it needs from train_url."""
+        return (not self.cfg.get("output_dir") and bool(self.record_url)
+                and obs_sync.is_remote(self.record_url))
 
     def _clear_output_dir(self) -> None:
         for name in os.listdir(self.output_dir):
-            if name == "logs":
-                continue
             path = os.path.join(self.output_dir, name)
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)
             else:
                 os.remove(path)
 
-    def _remote(self, rel: str) -> str:
-        return self.train_url.rstrip("/") + "/" + rel
-
     def push(self, path: str) -> None:
         """Upload ``path`` (a file under output_dir) to the same place under train_url, in the
         background. Rank 0 only; a no-op where outputs are written to train_url directly."""
-        if not (self.is_main and self.upload_to):
-            return
-        path = os.path.abspath(path)
-        rel = os.path.relpath(path, self.output_dir)
-        if rel.startswith(os.pardir + os.sep) or rel == os.pardir:
-            raise ValueError("push(%r): not under the output folder %s" % (path, self.output_dir))
-        if self._push_thread is None:
-            return  # the job is over: the final upload has taken everything
-        with self._pending_lock:
-            if path in self._pending:
-                return  # queued and not started: that upload will read the newest content
-            self._pending.add(path)
-        self._pushes.put(path)
-
-    def _push_worker(self) -> None:
-        while True:
-            path = self._pushes.get()
-            try:
-                if path is None:
-                    return
-                with self._pending_lock:
-                    self._pending.discard(path)
-                rel = os.path.relpath(path, self.output_dir).replace(os.sep, "/")
-                if not os.path.exists(path):
-                    log.debug("not pushing %s: removed before its turn (keep_last)", rel)
-                    continue
-                try:
-                    obs_sync.sync(path, self._remote(rel), incremental=False,
-                                  threads=1, retries=self.sync_options["retries"])
-                except Exception as err:  # never kill training over an upload
-                    self._failed_pushes.append(rel)
-                    log.warning("push of %s to %s failed (the final upload retries it): %s: %s",
-                                rel, self.upload_to, type(err).__name__, err)
-            finally:
-                self._pushes.task_done()
+        if self._recording and self.upload_to:
+            self._pusher.push(path)
+        else:
+            self._pusher.rel(path)  # still refuse paths outside the output folder
 
     def wait_pushes(self) -> None:
         """Block until every push queued so far has been attempted."""
-        if self._push_thread is not None:
-            self._pushes.join()
-
-    def _stop_pushes(self) -> None:
-        thread, self._push_thread = self._push_thread, None
-        if thread is not None:
-            self._pushes.put(None)
-            thread.join()
-
-    def update_run(self, **fields) -> None:
-        """Merge ``fields`` into run.json (rank 0) and push it."""
-        if not self.is_main:
-            return
-        self._write_run(**fields)
-        self.push(os.path.join(self.output_dir, "run.json"))
-
-    def _write_run(self, **fields) -> None:
-        self.run.update(fields)
-        _write_json(os.path.join(self.output_dir, "run.json"), self.run)
-
-    def _warn_leftover_checkpoints(self) -> None:
-        """Pain point: a checkpoint left in train_url by an earlier run must not silently
-        change this one. Resuming happens only when train.resume asks for it."""
-        try:
-            found = obs_sync.list_files(self._remote("ckpt"))
-        except UserError as err:
-            raise UserError("train_url %s cannot be listed: %s" % (self.train_url, err)) from err
-        ckpts = sorted(rel for rel in found if rel.endswith(".ckpt") and "/" not in rel)
-        if not ckpts:
-            return
-        resume = (self.cfg.get("train") or {}).get("resume") or ""
-        if resume:
-            log.info("train_url %s holds %d checkpoint(s) from an earlier run; train.resume=%s",
-                     self.train_url, len(ckpts), resume)
-            return
-        log.warning("train_url %s already holds %d checkpoint(s) from an earlier run (%s); "
-                    "train.resume is not set, so this run starts from scratch: its checkpoints "
-                    "are written beside the old ones and replace those with the same name. Set "
-                    "--train.resume=auto to continue that run, or use a fresh train_url.",
-                    self.train_url, len(ckpts), ", ".join(ckpts[-3:]))
+        self._pusher.wait()
 
     @property
     def scratch_dir(self) -> str:
@@ -489,7 +642,7 @@ class Job:
     # ----------------------------------------------------------------- inputs
 
     def stage_inputs(self) -> str:
-        """The local folder holding data_url's contents, copied once per node if remote."""
+        """The local folder holding data_url's contents, mirrored once per node if remote."""
         if not self.data_url:
             raise UserError("no data to read: set --data_url=obs://... or a local folder")
         if not obs_sync.is_remote(self.data_url) and not os.path.exists(self.data_url):
@@ -497,7 +650,7 @@ class Job:
                             "folder" % self.data_url)
         started = time.time()
         self.data_dir = self.stage(self.data_url, "data")
-        if self.is_main:
+        if self._recording:
             durations = dict(self.run.get("durations") or {},
                              stage_s=round(time.time() - started, 3))
             self.update_run(data_dir=self.data_dir, durations=durations)
@@ -505,7 +658,7 @@ class Job:
 
     def stage(self, url: str, kind: str = "files") -> str:
         """Local path of ``url`` (a file or folder): a local path as it is (it must exist), a
-        remote one copied to ``<cache_dir>/<kind>/bucket/key`` once per node."""
+        remote one mirrored to ``<cache_dir>/<kind>/bucket/key`` once per node."""
         if not obs_sync.is_remote(url):
             if not os.path.exists(url):
                 raise UserError("%s does not exist" % url)
@@ -513,116 +666,20 @@ class Job:
         dest = _mirror(self.cache_dir, kind, url)
 
         def copy() -> dict:
-            report = obs_sync.sync(url, dest, **self.sync_options)
+            try:
+                report = obs_sync.sync(url, dest, delete=True, **self.sync_options)
+            except OSError as err:
+                reraise_disk_error(err, dest)
             log.info("staged %s -> %s: %s", url, dest, report.summary())
             return {"files": report.files, "skipped": report.skipped}
 
-        self._once_per_node("%s|%s" % (kind, url), url, copy)
+        self._staging.run("%s|%s" % (kind, url), url, copy)
+        self._sources[dest] = url
         return dest
 
-    def fetch_outputs(self, sub: str) -> str:
-        """Bring ``train_url/<sub>`` into ``output_dir/<sub>`` (once per node), e.g. the
-        checkpoints a re-scheduled job resumes from. Nothing there is not an error."""
-        local = os.path.join(self.output_dir, *sub.split("/"))
-        if not self.upload_to:
-            return local
-        remote = self._remote(sub)
-
-        def copy() -> dict:
-            if not obs_sync.exists(remote):
-                log.info("nothing to fetch at %s", remote)
-                return {"files": 0}
-            report = obs_sync.sync(remote, local, **self.sync_options)
-            log.info("fetched %s -> %s: %s", remote, local, report.summary())
-            return {"files": report.files}
-
-        self._once_per_node("fetch|%s" % remote, remote, copy)
-        return local
-
-    # ----------------------------------------------------------------- once per node
-
-    def _markers(self, key: str) -> Dict[str, str]:
-        digest = hashlib.sha1(key.encode("utf-8")).hexdigest()[:12]
-        job = re.sub(r"[^A-Za-z0-9_.-]", "_", str(self.env.job_id))
-        base = os.path.join(self.cache_dir, STAGING_DIR, "%s-%s" % (job, digest))
-        return {"done": base + ".done", "failed": base + ".failed", "running": base + ".running",
-                "digest": digest}
-
-    def _once_per_node(self, key: str, what: str, action: Callable[[], dict]) -> dict:
-        markers = self._markers(key)
-        if self.is_node_main:
-            return self._run_and_mark(markers, what, action)
-        return self._wait_for_marker(markers, what)
-
-    def _run_and_mark(self, markers: Dict[str, str], what: str,
-                      action: Callable[[], dict]) -> dict:
-        folder = os.path.dirname(markers["done"])
-        os.makedirs(folder, exist_ok=True)
-        # Whatever an earlier launch left for this copy (any job id) is void.
-        for name in os.listdir(folder):
-            if name.rsplit(".", 1)[0].endswith("-" + markers["digest"]):
-                try:
-                    os.remove(os.path.join(folder, name))
-                except FileNotFoundError:
-                    pass
-        stamp = {"job_id": self.env.job_id, "what": what, "pid": os.getpid()}
-        stop = threading.Event()
-
-        def heartbeat() -> None:
-            while True:
-                _write_json(markers["running"], dict(stamp, time=time.time()))
-                if stop.wait(HEARTBEAT_S):
-                    return
-
-        beat = threading.Thread(target=heartbeat, name="stage-heartbeat", daemon=True)
-        beat.start()
-        try:
-            result = action()
-        except BaseException as err:
-            _write_json(markers["failed"], dict(stamp, time=time.time(),
-                                                user_error=isinstance(err, UserError),
-                                                error="%s: %s" % (type(err).__name__, err)
-                                                if not isinstance(err, UserError) else str(err)))
-            raise
-        else:
-            _write_json(markers["done"], dict(stamp, time=time.time(), result=result))
-            self._done_markers.append(markers["done"])
-            return result
-        finally:
-            stop.set()
-            beat.join()
-            try:
-                os.remove(markers["running"])
-            except FileNotFoundError:
-                pass
-
-    def _fresh(self, marker: Optional[dict]) -> bool:
-        return (marker is not None and marker.get("job_id") == self.env.job_id
-                and float(marker.get("time", 0)) >= self.launch_time - LAUNCH_SKEW_S)
-
-    def _wait_for_marker(self, markers: Dict[str, str], what: str) -> dict:
-        waited_since = time.time()
-        log.info("waiting for local rank 0 to copy %s", what)
-        while True:
-            done = _read_json(markers["done"])
-            if self._fresh(done):
-                log.info("using %s as copied by local rank 0 (waited %.1f s)", what,
-                         time.time() - waited_since)
-                return done.get("result") or {}
-            failed = _read_json(markers["failed"])
-            if self._fresh(failed):
-                message = "local rank 0 could not copy %s: %s" % (what, failed.get("error"))
-                if failed.get("user_error"):
-                    raise UserError(message)
-                raise RuntimeError(message)
-            alive = waited_since
-            running = _read_json(markers["running"])
-            if self._fresh(running):
-                alive = max(alive, float(running["time"]))
-            if time.time() - alive > self.wait_timeout:
-                raise UserError(
-                    "waited %.0f s for local rank 0 to copy %s and it gave no sign of life for "
-                    "%.0f s (rank_table_timeout=%g): see logs/rank_*.log of this node's first "
-                    "rank" % (time.time() - waited_since, what, time.time() - alive,
-                              self.wait_timeout))
-            time.sleep(POLL_S)
+    def describe_path(self, text: str) -> str:
+        """``text`` with local cache copies named by the URL they came from: errors about a
+        data file should name the object the user must fix, not the copy."""
+        for local, url in sorted(self._sources.items(), key=lambda kv: -len(kv[0])):
+            text = text.replace(local + os.sep, url.rstrip("/") + "/").replace(local, url)
+        return text

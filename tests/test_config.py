@@ -403,6 +403,6 @@ def test_the_shipped_common_schema(tmp_path):
                                  "keep_last", "resume", "jit", "loss_scale"}
     assert set(cfg["eval"]) >= {"pad_multiple", "num_samples", "max_images"}
     assert cfg["export"] == {"enabled": True, "height": 256, "width": 256}
-    assert cfg["sync"] == {"threads": 8, "retries": 3}
+    assert cfg["sync"] == {"threads": 8, "retries": 3, "log_every": 60}
     assert cfg["rank_table_timeout"] == 600 and cfg["train"]["jit"] is True
     assert "expected one of" in error(tmp_path, "model: m\n", ["device_target=ascend"])

@@ -53,33 +53,54 @@ def test_train_uploads_everything_to_train_url(obs, tmp_path):
     assert list((out / "samples").glob("*.png"))
     assert (out / "logs" / "rank_0.log").is_file()
 
-    # The same checkpoint evaluates and exports as separate jobs.
+    assert [a["status"] for a in run["attempts"]] == ["finished"]
+    assert run["checkpoint"]["path"] == "ckpt/step_00000004.ckpt"
+    train_record = (out / "run.json").read_bytes()
+    best = (out / "ckpt" / "best.ckpt").read_bytes()
+
+    # The same checkpoint evaluates as a separate job, in a folder of its own.
     res = start(["--task=eval", "--data_url=" + data, "--train_url=obs://bucket/eval",
                  "--eval.checkpoint=obs://bucket/out/ckpt/step_00000004.ckpt"] + TINY_AECRNET, env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    evaluated = read_json(str(obs / "bucket" / "eval" / "run.json"))
-    assert evaluated["metrics"]["psnr"] == pytest.approx(run["metrics"]["psnr"], abs=1e-3)
+    (evaluated,) = (obs / "bucket" / "eval" / "eval").glob("*/run.json")
+    assert read_json(str(evaluated))["metrics"]["psnr"] == pytest.approx(
+        run["metrics"]["psnr"], abs=1e-3)
 
-    # A later job on the same train_url (fresh cache, as on ModelArts) finds the checkpoints
-    # there: eval picks the newest, resume=auto continues from it.
+    # Later jobs on the same train_url (fresh cache, as on ModelArts): eval takes the run's
+    # newest checkpoint and keeps to eval/<time>/; the same training command finds its run
+    # finished; another run is refused. None of them touches the run's files.
     fresh = ["--cache_dir=%s" % (tmp_path / "fresh")]
     res = start(["--task=eval", "--data_url=" + data, "--train_url=obs://bucket/out"] + fresh
                 + TINY_AECRNET, env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    again = read_json(str(out / "run.json"))
-    assert again["metrics"]["psnr"] == pytest.approx(run["metrics"]["psnr"], abs=1e-3)
+    (again,) = (out / "eval").glob("*/run.json")
+    assert read_json(str(again))["metrics"]["psnr"] == pytest.approx(
+        run["metrics"]["psnr"], abs=1e-3)
+    assert (again.parent / "samples").is_dir() and (again.parent / "logs" / "rank_0.log").is_file()
+    res = start(["--data_url=" + data, "--train_url=obs://bucket/out", "--train.max_steps=4",
+                 "--train.ckpt_every=2", "--train.eval_every=4"] + fresh + TINY_AECRNET, env)
+    assert res.returncode == 0 and "already finished (step 4): nothing to train" in res.stdout
+    res = start(["--data_url=" + data, "--train_url=obs://bucket/out", "--train.max_steps=5"]
+                + fresh + TINY_AECRNET, env)
+    assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
+    assert "obs://bucket/out already holds run cfg-" in res.stderr
+    assert (out / "run.json").read_bytes() == train_record
+    assert (out / "ckpt" / "best.ckpt").read_bytes() == best
+
+    # train.resume=auto continues it with the new settings.
     res = start(["--data_url=" + data, "--train_url=obs://bucket/out", "--train.resume=auto",
                  "--train.max_steps=5", "--train.eval_every=0"] + fresh + TINY_AECRNET, env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     resumed = read_json(str(out / "run.json"))
     assert (resumed["train"]["start_step"], resumed["train"]["steps"]) == (4, 5)
+    assert [(a["first_step"], a["last_step"]) for a in resumed["attempts"]] == [(0, 4), (4, 5)]
     assert (out / "ckpt" / "step_00000005.ckpt").is_file()
 
-    # Converted official weights are evaluated or exported with no training checkpoint.
+    # Converted official weights are exported with no training checkpoint.
     res = start(["--task=export", "--train_url=obs://bucket/export", "--eval.checkpoint=none"]
                 + TINY_AECRNET, env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    assert (obs / "bucket" / "export" / "export" / "aecrnet.mindir").is_file()
+    assert list((obs / "bucket" / "export" / "export").glob("*/export/aecrnet.mindir"))
     assert not (obs / "bucket" / "export" / "ckpt").exists()
 
 

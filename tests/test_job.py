@@ -16,8 +16,10 @@ import pytest
 
 import obs_sync
 from modelarts import job as job_module
+from modelarts import staging
 from modelarts.environment import JobEnvironment
 from modelarts.job import Job, resolve_dirs
+from modelarts.run_record import run_identity
 from src.errors import UserError
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -100,8 +102,16 @@ def test_resolve_dirs(tmp_path):
                                       os.path.join(cache, "output", "bkt", "out"))
     local = make_cfg(tmp_path, data_url=str(tmp_path / "d"), train_url=str(tmp_path / "o"))
     assert resolve_dirs(local, env) == (str(tmp_path / "d"), str(tmp_path / "o"))
-    assert resolve_dirs(make_cfg(tmp_path, data_url="", train_url=""), env) == (
-        "", os.path.join(cache, "output", "local"))
+    # No train_url: each run in a folder of its own, named by its identity.
+    nowhere = make_cfg(tmp_path, data_url="", train_url="")
+    assert resolve_dirs(nowhere, env) == (
+        "", os.path.join(cache, "output", "local", run_identity(nowhere, env)))
+    # Other tasks: a sub-folder of their own under train_url's local mirror.
+    at = time.mktime((2026, 1, 2, 3, 4, 5, 0, 0, -1))
+    assert resolve_dirs(cfg, env, "eval", at)[1] == os.path.join(
+        cache, "output", "bkt", "out", "eval", "20260102-030405")
+    assert resolve_dirs(local, env, "export", at)[1] == str(tmp_path / "o" / "export" /
+                                                              "20260102-030405")
     chosen = make_cfg(tmp_path, output_dir=str(tmp_path / "mine"))
     assert resolve_dirs(chosen, env)[1] == str(tmp_path / "mine")
     assert resolve_dirs(make_cfg(tmp_path, cache_dir=""), env)[0] == os.path.abspath(
@@ -139,9 +149,9 @@ def test_two_local_ranks_copy_once(tmp_path, data_bucket, count_syncs):
     assert waiter == copier == os.path.join(cfg["cache_dir"], "data", "bkt", "data")
     assert [c for c in count_syncs if c[0] == "obs://bkt/data"] == [("obs://bkt/data", copier)]
     assert sorted(os.listdir(os.path.join(copier, "hazy"))) == ["%d.png" % i for i in range(5)]
-    staging = os.listdir(os.path.join(cfg["cache_dir"], job_module.STAGING_DIR))
-    assert [n for n in staging if n.endswith(".done")] and not \
-        [n for n in staging if n.endswith(".running")]
+    staging_files = os.listdir(os.path.join(cfg["cache_dir"], staging.STAGING_DIR))
+    assert [n for n in staging_files if n.endswith(".done")] and not \
+        [n for n in staging_files if n.endswith(".running")]
 
 
 def test_copy_failure_reaches_the_waiter_quickly(tmp_path, data_bucket):
@@ -165,19 +175,33 @@ def test_unexpected_copy_error_is_raised_on_the_waiter(tmp_path, data_bucket, mo
     monkeypatch.setattr(obs_sync, "sync", broken)
     jobs = [Job(make_cfg(tmp_path), make_env(rank=r, world=2), "train") for r in (0, 1)]
     waiter, copier = in_threads(jobs[1].stage_inputs, jobs[0].stage_inputs)
-    assert isinstance(copier, OSError)
-    assert isinstance(waiter, RuntimeError) and "No space left on device" in str(waiter)
+    # A full disk is one line naming the folder, on the copier and on the waiter.
+    assert isinstance(copier, UserError) and "no space left in" in str(copier)
+    assert os.path.join("cache", "data", "bkt", "data") in str(copier)
+    assert isinstance(waiter, UserError) and "no space left in" in str(waiter)
+
+
+def test_unexpected_copy_error_is_raised_on_the_waiter_too(tmp_path, data_bucket, monkeypatch):
+    def broken(*args, **kw):
+        time.sleep(0.3)
+        raise ValueError("decoder exploded")
+
+    monkeypatch.setattr(obs_sync, "sync", broken)
+    jobs = [Job(make_cfg(tmp_path), make_env(rank=r, world=2), "train") for r in (0, 1)]
+    waiter, copier = in_threads(jobs[1].stage_inputs, jobs[0].stage_inputs)
+    assert isinstance(copier, ValueError)
+    assert isinstance(waiter, RuntimeError) and "decoder exploded" in str(waiter)
 
 
 def test_stale_markers_are_not_trusted(tmp_path, data_bucket):
     cfg = make_cfg(tmp_path, rank_table_timeout=0.6)
     waiter = Job(cfg, make_env(rank=1, world=2), "train")
-    markers = waiter._markers("data|obs://bkt/data")
+    markers = waiter._staging.markers("data|obs://bkt/data")
     os.makedirs(os.path.dirname(markers["done"]))
     # A 'done' from an earlier launch of the same job id, and a fresh one of another job.
-    job_module._write_json(markers["done"], {"job_id": "job-42", "time": time.time() - 3600})
-    job_module._write_json(markers["failed"], {"job_id": "other", "time": time.time(),
-                                               "error": "old failure"})
+    staging.write_json(markers["done"], {"job_id": "job-42", "time": time.time() - 3600})
+    staging.write_json(markers["failed"], {"job_id": "other", "time": time.time(),
+                                           "error": "old failure"})
     with pytest.raises(UserError, match="gave no sign of life.*rank_table_timeout"):
         waiter.stage_inputs()
     assert not os.path.exists(os.path.join(cfg["cache_dir"], "data", "bkt", "data"))
@@ -198,7 +222,7 @@ def test_waiter_times_out_when_no_rank_copies(tmp_path, data_bucket):
 
 
 def test_heartbeat_keeps_the_waiter_waiting(tmp_path, data_bucket, monkeypatch):
-    monkeypatch.setattr(job_module, "HEARTBEAT_S", 0.1)
+    monkeypatch.setattr(staging, "HEARTBEAT_S", 0.1)
     real = obs_sync.sync
 
     def slow(src, dst, **kw):
@@ -212,23 +236,53 @@ def test_heartbeat_keeps_the_waiter_waiting(tmp_path, data_bucket, monkeypatch):
     assert waiter == copier and os.path.isdir(copier)
 
 
-def test_stage_files_and_fetch_outputs(tmp_path, data_bucket):
+def test_stage_files_and_resume_fetches_only_what_it_needs(tmp_path, data_bucket):
     put(data_bucket / "bkt" / "weights" / "vgg.ckpt", b"weights")
-    ckpt = put(data_bucket / "bkt" / "out" / "ckpt" / "step_00000002.ckpt", b"ck")
+    out = data_bucket / "bkt" / "out"
+    for step in (2, 4, 6):
+        put(out / "ckpt" / ("step_%08d.ckpt" % step), b"ck%d" % step)
+    best = put(out / "ckpt" / "best.ckpt", b"best")
     old = time.time() - 600
-    os.utime(ckpt, (old, old))
-    cfg = make_cfg(tmp_path, train={"resume": "auto"})
+    os.utime(best, (old, old))
+    cfg = make_cfg(tmp_path)
+    # An unfinished run of this identity whose newest *complete* checkpoint is step 4 (step 6
+    # was uploaded, but the run was killed before its record pointed to it).
+    record = {"run_id": run_identity(cfg, make_env()), "status": "running", "task": "train",
+              "checkpoint": {"path": "ckpt/step_00000004.ckpt", "step": 4,
+                             "sha256": job_module.sha256_file(str(out / "ckpt" /
+                                                                  "step_00000004.ckpt"))},
+              "attempts": [{"attempt": 1, "status": "running", "first_step": 0}]}
+    put(out / "run.json", json.dumps(record).encode())
     with Job(cfg, make_env(), "train") as job:
         local = job.stage("obs://bkt/weights/vgg.ckpt")
         assert open(local, "rb").read() == b"weights"
         assert local == os.path.join(cfg["cache_dir"], "files", "bkt", "weights", "vgg.ckpt")
-        fetched = job.fetch_outputs("ckpt")
-        assert os.listdir(fetched) == ["step_00000002.ckpt"]
-        assert job.fetch_outputs("nothing_here") == os.path.join(job.output_dir, "nothing_here")
+        assert job.decision.action == "resume" and job.decision.step == 4
+        assert job.resume_from == os.path.join(job.output_dir, "ckpt", "step_00000004.ckpt")
+        assert sorted(os.listdir(os.path.join(job.output_dir, "ckpt"))) == [
+            "best.ckpt", "step_00000004.ckpt"]
     # The fetched checkpoint was not uploaded again (its copy carries the source's time).
-    assert ckpt.stat().st_mtime == pytest.approx(old, abs=1e-3)
+    assert best.stat().st_mtime == pytest.approx(old, abs=1e-3)
+    run = read_json(out / "run.json")
+    assert [(a["attempt"], a["status"]) for a in run["attempts"]] == [(1, "lost"),
+                                                                      (2, "finished")]
+    assert run["attempts"][1]["first_step"] == 4
     # A finished job leaves no markers behind.
-    assert os.listdir(os.path.join(cfg["cache_dir"], job_module.STAGING_DIR)) == []
+    assert os.listdir(os.path.join(cfg["cache_dir"], staging.STAGING_DIR)) == []
+
+
+def test_a_damaged_checkpoint_is_not_resumed_from(tmp_path, mock_obs):
+    out = mock_obs / "bkt" / "out"
+    put(out / "ckpt" / "step_00000004.ckpt", b"replaced")
+    cfg = make_cfg(tmp_path)
+    put(out / "run.json", json.dumps({
+        "run_id": run_identity(cfg, make_env()), "status": "interrupted", "task": "train",
+        "checkpoint": {"path": "ckpt/step_00000004.ckpt", "step": 4, "sha256": "0" * 64}}
+    ).encode())
+    with pytest.raises(UserError, match="step_00000004.ckpt differs from what the run record "
+                                        "vouches for"):
+        with Job(cfg, make_env(), "train"):
+            pass
 
 
 # --------------------------------------------------------------------------- outputs
@@ -342,20 +396,56 @@ def test_local_train_url_is_the_output_dir(tmp_path, mock_obs):
     assert (train / "logs" / "rank_0.log").exists()
 
 
-def test_leftover_checkpoint_in_train_url(tmp_path, mock_obs, caplog):
-    put(mock_obs / "bkt" / "out" / "ckpt" / "step_00000010.ckpt")
+def test_another_runs_train_url_is_refused_before_anything_is_written(tmp_path, mock_obs):
+    out = mock_obs / "bkt" / "out"
+    ckpt = put(out / "ckpt" / "step_00000010.ckpt", b"theirs")
     leftover_local = put(tmp_path / "cache" / "output" / "bkt" / "out" / "ckpt" / "old.ckpt")
-    with caplog.at_level(logging.INFO):
+    with pytest.raises(UserError) as caught:
         with Job(make_cfg(tmp_path), make_env(), "train"):
-            # The local mirror of train_url starts empty: nothing stale gets uploaded/resumed.
-            assert not leftover_local.exists()
-    assert "already holds 1 checkpoint(s)" in caplog.text
-    assert "starts from scratch" in caplog.text and "--train.resume=auto" in caplog.text
-    caplog.clear()
-    with caplog.at_level(logging.INFO):
-        with Job(make_cfg(tmp_path, train={"resume": "auto"}), make_env(), "train"):
-            pass
-    assert "starts from scratch" not in caplog.text and "train.resume=auto" in caplog.text
+            pytest.fail("a job must not start in another run's train_url")
+    message = str(caught.value)
+    assert "obs://bkt/out already holds an earlier run" in message
+    assert "step_00000010.ckpt" in message and "--train.resume=auto" in message
+    assert "another train_url" in message
+    assert sorted(p.name for p in out.rglob("*") if p.is_file()) == ["step_00000010.ckpt"]
+    assert ckpt.read_bytes() == b"theirs" and leftover_local.exists()
+
+    # train.resume=auto adopts it: the local mirror starts empty, the checkpoint is fetched.
+    with Job(make_cfg(tmp_path, train={"resume": "auto"}), make_env(), "train") as job:
+        assert not leftover_local.exists()
+        assert job.decision.action == "resume" and job.decision.step == 10
+    assert ckpt.read_bytes() == b"theirs"
+    assert read_json(out / "run.json")["attempts"][0]["first_step"] == 10
+
+
+def test_finished_run_is_not_trained_again(tmp_path, mock_obs):
+    cfg = make_cfg(tmp_path)
+    with Job(cfg, make_env(), "train"):
+        pass
+    out = mock_obs / "bkt" / "out"
+    before = (out / "run.json").read_bytes()
+    with Job(cfg, make_env(), "train") as job:
+        assert job.finished_already
+    assert (out / "run.json").read_bytes() == before
+
+
+def test_other_tasks_keep_to_their_own_folder(tmp_path, mock_obs):
+    cfg = make_cfg(tmp_path)
+    with Job(cfg, make_env(), "train"):
+        pass
+    out = mock_obs / "bkt" / "out"
+    train_record = (out / "run.json").read_bytes()
+    for task in ("eval", "export", "synth"):
+        with Job(cfg, make_env(), task) as job:
+            put(os.path.join(job.output_dir, "samples", "x.png") and
+                type(out)(job.output_dir) / "samples" / "x.png")
+            job.update_run(metrics={"psnr": 1.0})
+    assert (out / "run.json").read_bytes() == train_record
+    for task in ("eval", "export", "synth"):
+        (folder,) = (out / task).iterdir()
+        assert read_json(folder / "run.json")["task"] == task
+        assert (folder / "samples" / "x.png").is_file()
+        assert (folder / "logs" / "rank_0.log").is_file()
 
 
 def test_sigterm_uploads_and_marks_interrupted(tmp_path, mock_obs):

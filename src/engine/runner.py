@@ -24,6 +24,7 @@ LOCATION_KEYS = frozenset({"data_url", "train_url", "output_url", "raw_url", "ca
 def describe_plan(cfg: dict, env, plan) -> dict:
     """What `--task plan` prints: everything decided before touching data or devices."""
     from modelarts.job import resolve_dirs
+    from modelarts.run_record import run_identity
 
     data_dir, output_dir = resolve_dirs(cfg, env)
     return {
@@ -40,6 +41,7 @@ def describe_plan(cfg: dict, env, plan) -> dict:
         "train_url": cfg["train_url"],
         "data_dir": data_dir,
         "output_dir": output_dir,
+        "run_id": run_identity(cfg, env),
     }
 
 
@@ -106,6 +108,8 @@ def _preprocess(recipe_cls, cfg: dict, job) -> int:
 
 
 def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
+    if job.finished_already:
+        return 0  # the run in train_url is complete: the job said so, nothing to train
     import mindspore as ms
 
     from modelarts.context import apply_context
@@ -127,40 +131,44 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
     recipe.build()
     job.update_run(model=recipe.describe())
     ckpt_dir = os.path.join(job.output_dir, "ckpt")
-    source = cfg["eval"].get("checkpoint", "") or "auto"
-    if (task == "train" and cfg["train"]["resume"] == "auto") or (
-            task != "train" and source == "auto"):
-        # A re-scheduled job (fresh /cache) finds its checkpoints in train_url; fetched before
-        # the manager reads best.ckpt, so a resumed run keeps the best metric so far.
-        job.fetch_outputs("ckpt")
-    manager = CheckpointManager(ckpt_dir, keep_last=int(cfg["train"]["keep_last"]),
-                                is_writer=is_main, on_saved=job.push)
+    manager = CheckpointManager(
+        ckpt_dir, keep_last=int(cfg["train"]["keep_last"]), is_writer=is_main,
+        on_saved=lambda path: job.checkpoint_saved(path, step=manager.best_step,
+                                                   metric=manager.best_metric))
 
     if task == "train":
         if is_main:
             path = os.path.join(job.output_dir, "config.yaml")
             dump_config(cfg, path)
             job.push(path)
+        resume = str(cfg["train"]["resume"] or "")
+        # '' and auto: what the job found in train_url; anything else names a checkpoint.
+        resume_from = (job.resume_from if resume in ("", "auto")
+                       else resolve_resume(resume, ckpt_dir))
         from src.engine.loop import train
         summary = train(recipe, cfg, output_dir=job.output_dir, ckpt=manager, is_main=is_main,
-                        on_event=lambda name, **data: _on_event(job, name, data))
+                        on_event=lambda name, **data: _on_event(job, name, data),
+                        resume_from=resume_from)
         log.info("trainable parameter checksum (identical on every rank in data parallel): %s",
                  parameter_checksum(recipe.checkpoint_cells()))
         job.update_run(train=summary, metrics=summary.get("metrics", {}))
     else:
+        source = str(cfg["eval"].get("checkpoint", "") or "")
         if source == "none":
             path = "none"
             log.info("%s of the net as built, with no training checkpoint", task)
         else:
-            path = resolve_resume(source, ckpt_dir)
+            path = (job.run_checkpoint() if source in ("", "auto")
+                    else resolve_resume(source, ckpt_dir))
             if path is None:
                 raise UserError("no checkpoint to %s: set --eval.checkpoint to a .ckpt path or "
-                                "URL, or none (none found in %s)" % (task, ckpt_dir))
+                                "URL, or none (train_url %s holds none)"
+                                % (task, cfg.get("train_url") or "''"))
             extra = manager.load(path, recipe.checkpoint_cells())
-            log.info("loaded %s (step %s)", path, extra.get("step"))
+            log.info("loaded %s (step %s)", job.describe_path(path), extra.get("step"))
         if task == "eval":
             metrics = evaluate_recipe(recipe, cfg, job.output_dir) if is_main else {}
-            job.update_run(metrics=metrics, checkpoint=path)
+            job.update_run(metrics=metrics, checkpoint=job.describe_path(path))
     if task in ("train", "export") and cfg["export"]["enabled"] and is_main:
         exported = export_recipe(recipe, cfg, job.output_dir)
         job.push(exported)
@@ -169,8 +177,10 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
 
 
 def _on_event(job, name: str, data: dict) -> None:
-    if name in ("eval", "checkpoint"):
-        job.update_run(**{"last_" + name: data})
+    if name == "eval":
+        job.update_run(last_eval=data)
+    elif name == "checkpoint":
+        job.push_log()
 
 
 def _sync_options(cfg: dict) -> dict:
