@@ -206,6 +206,8 @@ class Job:
         self._old_signals: Dict[int, Any] = {}
         self._recording = False  # this process writes the run record
         self._found_record: Optional[dict] = None
+        # kind → (path, mtime, info) of the newest checkpoint the record does not point to yet
+        self._unpointed: Dict[str, Tuple[str, int, dict]] = {}
         self._started = time.time()
 
     @property
@@ -328,6 +330,9 @@ class Job:
                                **self.sync_options)
         durations["final_upload_s"] = round(time.time() - started, 3)
         log.info("uploaded outputs to %s: %s", self.upload_to, report.summary())
+        # Checkpoints whose own push failed went up just now: point to them too.
+        for kind, (path, mtime_ns, info) in list(self._unpointed.items()):
+            self._point(kind, path, mtime_ns, info)
         with self._run_lock:
             self._write_run(durations=durations)
             self._upload_record()
@@ -508,39 +513,47 @@ class Job:
             return
         name = os.path.basename(path)
         kind = "best" if name == run_record.BEST_NAME else "checkpoint"
-        if kind == "checkpoint":
-            self.last_step = run_record.step_of(name)
-        size, mtime = os.path.getsize(path), os.stat(path).st_mtime_ns
-        digest = sha256_file(path)  # before the upload: what the pointer vouches for
-
-        def point() -> None:
-            st = os.stat(path) if os.path.exists(path) else None
-            if st is None or (st.st_size, st.st_mtime_ns) != (size, mtime):
-                return  # replaced meanwhile: the newer version's own push points to it
-            info = {"path": "%s/%s" % (run_record.CKPT_DIR, name), "size": size,
-                    "sha256": digest, "step": step if kind == "best" else self.last_step,
-                    "time": run_record.iso(time.time())}
-            if kind == "best":
-                info["metric"] = metric
-            with self._run_lock:
-                if kind == "checkpoint":
-                    self.run.setdefault("attempts", [{}])[-1]["last_step"] = info["step"]
-                self._write_run(**{kind: info})
-                if self.upload_to:
-                    self._upload_record()
-            if kind == "checkpoint" and self.upload_to and self.keep_last > 0:
-                removed = prune_checkpoints(remote_join(self.upload_to, run_record.CKPT_DIR),
-                                            self.keep_last, (name,),
-                                            retries=self.sync_options["retries"])
-                if removed:
-                    log.info("removed %s from train_url (train.keep_last=%d)",
-                             ", ".join(removed), self.keep_last)
-
-        if self.upload_to:
-            self._pusher.push(path, then=point)
+        st = os.stat(path)
+        info = {"path": "%s/%s" % (run_record.CKPT_DIR, name), "size": st.st_size,
+                # Hashed before the upload: what the pointer vouches for is what was sent.
+                "sha256": sha256_file(path),
+                "step": step if kind == "best" else run_record.step_of(name)}
+        if kind == "best":
+            info["metric"] = metric
         else:
-            point()
+            self.last_step = info["step"]
+        with self._run_lock:
+            self._unpointed[kind] = (path, st.st_mtime_ns, info)
+        if self.upload_to:
+            self._pusher.push(path, then=lambda: self._point(kind, path, st.st_mtime_ns, info))
+        else:
+            self._point(kind, path, st.st_mtime_ns, info)
         self.push_log()
+
+    def _point(self, kind: str, path: str, mtime_ns: int, info: dict) -> None:
+        """Make the run record point to a checkpoint that is complete in train_url."""
+        try:
+            current = os.stat(path)
+        except FileNotFoundError:
+            return  # pruned (keep_last) before its turn: a newer one is on its way
+        if (current.st_size, current.st_mtime_ns) != (info["size"], mtime_ns):
+            return  # replaced meanwhile (best.ckpt): the newer version's push points to it
+        with self._run_lock:
+            if kind == "checkpoint":
+                self.run.setdefault("attempts", [{}])[-1]["last_step"] = info["step"]
+            self._write_run(**{kind: dict(info, time=run_record.iso(time.time()))})
+            if self._unpointed.get(kind, (None,))[0] == path:
+                del self._unpointed[kind]
+            if self.upload_to:
+                self._upload_record()
+        if kind == "checkpoint" and self.upload_to and self.keep_last > 0:
+            name = os.path.basename(path)
+            removed = prune_checkpoints(remote_join(self.upload_to, run_record.CKPT_DIR),
+                                        self.keep_last, (name,),
+                                        retries=self.sync_options["retries"])
+            if removed:
+                log.info("removed %s from train_url (train.keep_last=%d)", ", ".join(removed),
+                         self.keep_last)
 
     def _fetch_resume_checkpoint(self, decision: run_record.Decision) -> str:
         """The checkpoint the run continues from (and best.ckpt), local, verified."""
