@@ -458,7 +458,8 @@ class Job:
         """Pain point: a checkpoint left in train_url by an earlier run must not silently
         change this one. Resuming happens only when train.resume asks for it."""
         try:
-            found = obs_sync.list_files(self._remote("ckpt"))
+            found = obs_sync.list_files(self._remote("ckpt"),
+                                        retries=self.sync_options["retries"])
         except UserError as err:
             raise UserError("train_url %s cannot be listed: %s" % (self.train_url, err)) from err
         ckpts = sorted(rel for rel in found if rel.endswith(".ckpt") and "/" not in rel)
@@ -529,7 +530,7 @@ class Job:
         remote = self._remote(sub)
 
         def copy() -> dict:
-            if not obs_sync.exists(remote):
+            if not obs_sync.exists(remote, retries=self.sync_options["retries"]):
                 log.info("nothing to fetch at %s", remote)
                 return {"files": 0}
             report = obs_sync.sync(remote, local, **self.sync_options)
