@@ -395,7 +395,7 @@ class ObsSdkBackend(RemoteBackend):
     def _call(self, what: str, request: Callable[[], object]):
         """``request()`` (an SDK call), with the SDK's and the socket's exceptions (connection
         refused or reset, time-outs, a cut-off answer) turned into a ``TransientError`` that
-        names the endpoint instead of a traceback 26 frames deep into the SDK."""
+        names the endpoint, rather than a traceback from deep inside the SDK."""
         try:
             return request()
         except (UserError, TransientError) + _LOCAL_ERRORS:
