@@ -2,7 +2,8 @@
 
 ``sync(src, dst)`` works in every direction (remote→local, local→remote, local→local,
 remote→remote) for a single file or a whole folder, and is what the training job uses to stage
-its data set and to push checkpoints. Three storage backends, tried in this order:
+its data set and to push checkpoints. ``list_files``, ``exists`` and ``remove`` (one object) do
+the rest. Three storage backends, tried in this order:
 
 * ``moxing`` — Huawei's library, present only inside ModelArts images. Used only when the
   process runs on ModelArts *and* it imports (the PyPI package called ``moxing`` is an unrelated
@@ -15,25 +16,35 @@ its data set and to push checkpoints. Three storage backends, tried in this orde
   ``S3_ENDPOINT`` (+ ``S3_USE_HTTPS``, ``S3_VERIFY_SSL``). Huawei endpoints use OBS signing;
   any other S3 endpoint (MinIO, moto, Ceph) gets V4 signing with path-style addressing.
   ``OBS_SIGNATURE`` (obs|v2|v4), ``OBS_PATH_STYLE`` (0|1) and ``OBS_REGION`` override that.
+  ``OBS_SYNC_TIMEOUT`` (seconds, default 30) bounds each connect and each socket read, so an
+  endpoint that does not answer fails an attempt instead of hanging the job.
 * a filesystem mock for dry runs: ``OBS_MOCK_ROOT=/some/dir`` maps ``obs://bucket/key`` to
   ``/some/dir/bucket/key``.
 
-``OBS_SYNC_BACKEND=moxing|sdk|mock`` forces one. Transfers run in a thread pool; transient
-failures (exceptions, HTTP 5xx/408/429) are retried with exponential back-off and jitter, while
-4xx answers fail at once naming the URL. Syncs are incremental: a file whose destination copy
-has the same size and is not older than the source is skipped. Object keys that would land
-outside the destination folder (``..``, absolute keys, backslashes) are refused. Local files
-are written to a temporary name and renamed, so a killed sync never leaves a half file that a
-later incremental sync would take for complete. Credentials are never logged.
+``OBS_SYNC_BACKEND=moxing|sdk|mock`` forces one. Transfers run in a thread pool. Every storage
+call (list, stat, get, put, copy, remove) goes through ``with_retries``: transient failures
+(connection refused/reset, time-outs, HTTP 5xx/408/429, a short download) are retried with
+exponential back-off and jitter; permanent ones (403, 404, a refused key) fail at once naming
+the URL. When the retries run out, ``TransferError`` (a ``UserError``: one line, no traceback)
+names the URL, the operation, the attempts, the backend and endpoint, and what to do.
+Syncs are incremental: a file whose destination copy has the same size and is not older than
+the source is skipped. ``delete=True`` mirrors: after copying, destination files missing from
+the source (and not excluded) are removed. Object keys that would land outside the destination
+folder (``..``, absolute keys, backslashes) are refused. Local files are written to a temporary
+name and renamed, so a killed sync never leaves a half file that a later incremental sync would
+take for complete. Credentials are never logged: ``mask_credentials`` hides user:password in
+URLs and signature/token query parameters in every message and log line of this module.
 
-CLI: ``python obs_sync.py SRC DST [--threads N] [--retries N]``.
+CLI: ``python obs_sync.py SRC DST [--threads N] [--retries N] [--delete]``.
 """
 from __future__ import annotations
 
 import argparse
 import calendar
 import concurrent.futures
+import errno
 import fnmatch
+import functools
 import logging
 import os
 import random
@@ -58,6 +69,8 @@ TMP_SUFFIX = ".obs_sync.part"
 MTIME_SLACK_S = 2.0
 BACKOFF_BASE_S = 0.5
 BACKOFF_CAP_S = 30.0
+# Seconds the SDK waits to connect and for each read; OBS_SYNC_TIMEOUT overrides.
+DEFAULT_TIMEOUT_S = 30.0
 _TRUE = ("1", "true", "yes", "on")
 _BUCKET_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 _FALSE = ("0", "false", "no", "off")
@@ -70,12 +83,66 @@ class StorageError(UserError):
     """The storage answered with a permanent error (403, 404, ...): retrying will not help."""
 
 
-class TransferError(RuntimeError):
-    """A transfer still failed after every retry (network, 5xx)."""
+class TransferError(UserError):
+    """A storage call still failed after every retry (endpoint down, network, 5xx). A
+    ``UserError``, so the boot file prints its one-line message (URL, operation, attempts,
+    backend, endpoint, what to do) instead of a traceback."""
 
 
 class TransientError(Exception):
-    """Raised by a backend for a failure worth retrying (5xx, 408, 429, a short download)."""
+    """Raised by a backend for a failure worth retrying (5xx, 408, 429, a connection refused or
+    reset, a time-out, a short download)."""
+
+
+# --------------------------------------------------------------------------- credentials
+
+# scheme://user:password@ (the password may hold '/', as secret keys do) or scheme://token@.
+_USERINFO_RE = re.compile(
+    r"(?i)\b([a-z][a-z0-9+.-]*://)(?:[^\s/?#@:'\"<>]+:[^\s@'\"<>]*|[^\s/?#@:'\"<>]+)@")
+# Signed-URL and header parameters: AccessKeyId=, Signature=, X-Amz-Credential=, ...Token=.
+_SECRET_PARAM_RE = re.compile(
+    r"(?i)(^|[?&;,\s])((?:[\w.-]*(?:signature|credential|token|secret|passw(?:or)?d|"
+    r"access[_-]?key)[\w.-]*|ak|sk|sig)=)[^&\s'\"<>#,]*")
+
+
+def mask_credentials(text: str) -> str:
+    """``text`` with credentials replaced by ``***``: the user:password of any URL
+    (``https://AK:SK@host`` → ``https://***@host``) and the values of signature, credential,
+    token, secret and access-key parameters (``?AccessKeyId=***&Signature=***``)."""
+    text = _USERINFO_RE.sub(r"\1***@", str(text))
+    return _SECRET_PARAM_RE.sub(r"\1\2***", text)
+
+
+class _MaskingFilter(logging.Filter):
+    """Every log line of this module goes out with credentials masked."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        masked = mask_credentials(message)
+        if masked != message:
+            record.msg, record.args = masked, ()
+        return True
+
+
+log.addFilter(_MaskingFilter())
+
+
+def _one_line(text: object, limit: int = 400) -> str:
+    text = " ".join(str(text).split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
+def _scrubbed(fn):
+    """Public entry points: whatever escapes carries no credentials in its message."""
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        try:
+            return fn(*args, **kwargs)
+        except Exception as e:
+            if e.args and isinstance(e.args[0], str) and not isinstance(e, OSError):
+                e.args = (mask_credentials(e.args[0]),) + tuple(e.args[1:])
+            raise
+    return wrapper
 
 
 class Entry(NamedTuple):
@@ -90,14 +157,16 @@ class SyncReport:
     skipped: int
     seconds: float
     backend: str = "local"
+    deleted: int = 0  # destination files removed by a mirroring sync (delete=True)
 
     @property
     def mb_per_s(self) -> float:
         return self.bytes / 1e6 / self.seconds if self.seconds > 0 else 0.0
 
     def summary(self) -> str:
-        return "%d files, %d bytes (%.1f MB), %d skipped, %.2f s, %.1f MB/s, backend %s" % (
-            self.files, self.bytes, self.bytes / 1e6, self.skipped, self.seconds,
+        return "%d files, %d bytes (%.1f MB), %d skipped%s, %.2f s, %.1f MB/s, backend %s" % (
+            self.files, self.bytes, self.bytes / 1e6, self.skipped,
+            ", %d deleted" % self.deleted if self.deleted else "", self.seconds,
             self.mb_per_s, self.backend)
 
 
@@ -158,6 +227,10 @@ def parse_location(url: str) -> Location:
     if is_remote(url):
         scheme, _, rest = url.partition("://")
         bucket, _, key = rest.partition("/")
+        if "@" in bucket or _USERINFO_RE.match(url):  # s3://AK:SK@bucket/key
+            raise UserError("%s: credentials do not belong in a storage URL: write "
+                            "obs://BUCKET/path and set OBS_ACCESS_KEY_ID and "
+                            "OBS_SECRET_ACCESS_KEY instead" % mask_credentials(url))
         if not _BUCKET_RE.match(bucket):
             raise UserError("%r: %r is not a bucket name: write obs://BUCKET/path"
                             % (url, bucket))
@@ -215,9 +288,20 @@ class RemoteBackend:
     def copy(self, src: Location, dst: Location) -> None:
         raise NotImplementedError
 
+    def remove(self, loc: Location) -> None:
+        """Delete the object ``loc.key``; no such object is not an error."""
+        raise NotImplementedError
+
     def copy_tree(self, src: str, dst: str, threads: int) -> bool:
         """Copy a whole folder in one call where the backend has a faster way; False if not."""
         return False
+
+    def where(self) -> str:
+        """The backend (and endpoint) for messages; never credentials."""
+        return "backend %s" % self.name
+
+    def advice(self) -> str:
+        return "check that the storage is reachable from this machine"
 
     def close(self) -> None:
         pass
@@ -263,6 +347,19 @@ class MockBackend(RemoteBackend):
             os.remove(self._path(loc))
         except FileNotFoundError:
             pass
+        except IsADirectoryError:
+            pass  # a "folder" is not an object (S3 deletes nothing either)
+
+    def where(self):
+        return "backend mock, OBS_MOCK_ROOT=%s" % self.root
+
+    def advice(self):
+        return "check the folder OBS_MOCK_ROOT names"
+
+
+# Local-file errors the SDK may raise (the download path, the file to upload): not the network.
+_LOCAL_ERRORS = (FileNotFoundError, PermissionError, IsADirectoryError, NotADirectoryError)
+_LOCAL_ERRNOS = (errno.ENOSPC, errno.EDQUOT, errno.EROFS)
 
 
 class ObsSdkBackend(RemoteBackend):
@@ -277,12 +374,45 @@ class ObsSdkBackend(RemoteBackend):
                             "S3_ENDPOINT (or OBS_ENDPOINT) in the environment")
         from obs import ObsClient  # lazily: only this backend needs the SDK
 
-        self.endpoint = settings["server"]
+        self.endpoint = mask_credentials(settings["server"])
         self.max_keys = max_keys
+        # A secret that turns up in an SDK message in any other form is masked too.
+        self._secrets = [v for v in (settings["secret_access_key"],
+                                     settings.get("security_token")) if v]
         # max_retry_count=0: one retry policy (ours, with jitter) rather than two stacked ones.
         self._client = ObsClient(max_retry_count=0, **settings)
-        log.debug("OBS SDK client for %s (signature %s, path_style %s)", self.endpoint,
-                  settings["signature"], settings["path_style"])
+        log.debug("OBS SDK client for %s (signature %s, path_style %s, timeout %g s)",
+                  self.endpoint, settings["signature"], settings["path_style"],
+                  settings["timeout"])
+
+    def where(self):
+        return "backend obs-sdk, endpoint %s" % self.endpoint
+
+    def advice(self):
+        return ("check that the endpoint is right (S3_ENDPOINT/OBS_ENDPOINT) and reachable "
+                "from this machine (network, proxy, firewall)")
+
+    def _call(self, what: str, request: Callable[[], object]):
+        """``request()`` (an SDK call), with the SDK's and the socket's exceptions (connection
+        refused or reset, time-outs, a cut-off answer) turned into a ``TransientError`` that
+        names the endpoint, rather than a traceback from deep inside the SDK."""
+        try:
+            return request()
+        except (UserError, TransientError) + _LOCAL_ERRORS:
+            raise
+        except OSError as e:
+            if e.errno in _LOCAL_ERRNOS:
+                raise  # a full or read-only local disk: not the endpoint's fault
+            raise self._unreachable(what, e) from e
+        except Exception as e:
+            raise self._unreachable(what, e) from e
+
+    def _unreachable(self, what: str, e: Exception) -> TransientError:
+        detail = "%s: %s" % (type(e).__name__, e)
+        for secret in self._secrets:
+            detail = detail.replace(secret, "***")
+        return TransientError("%s failed talking to %s: %s" % (
+            what, self.endpoint, _one_line(mask_credentials(detail))))
 
     def _check(self, resp, loc: Location, what: str):
         status = getattr(resp, "status", None)
@@ -290,9 +420,11 @@ class ObsSdkBackend(RemoteBackend):
             return resp
         detail = "%s %s %s" % (status, getattr(resp, "errorCode", "") or "",
                                getattr(resp, "errorMessage", "") or "")
-        message = "%s: %s failed: %s" % (loc.url, what, " ".join(detail.split()))
+        failed = "%s failed: %s" % (what, " ".join(detail.split()))
         if status is None or status >= 500 or status in (408, 429):
-            raise TransientError(message)
+            # Retried; with_retries' messages name the URL already.
+            raise TransientError(failed)
+        message = "%s: %s" % (loc.url, failed)
         if status == 403:
             message += " (check the access key's permissions on bucket %r)" % loc.bucket
         elif getattr(resp, "errorCode", "") == "NoSuchBucket":
@@ -302,22 +434,28 @@ class ObsSdkBackend(RemoteBackend):
     def stat(self, loc):
         if not loc.key or loc.key.endswith("/"):
             return None
-        resp = self._client.headObject(loc.bucket, loc.key)
+        resp = self._call("head", lambda: self._client.headObject(loc.bucket, loc.key))
         if getattr(resp, "status", None) == 404:
             return None  # a HEAD answer has no body to tell a missing bucket: listing will
         self._check(resp, loc, "head")
         headers = dict(resp.header or [])
         size = headers.get("content-length")
-        return Entry(int(size) if size is not None else None,
-                     _parse_http_date(headers.get("last-modified")))
+        if size is None:
+            # The SDK reports a 200 for an answer cut off inside its headers: without the size
+            # a short download could not be told from a whole one.
+            raise TransientError("head failed: answer without Content-Length (cut off?)")
+        return Entry(int(size), _parse_http_date(headers.get("last-modified")))
 
     def list(self, loc):
         prefix = loc.as_dir().key
         marker = None
         while True:
-            resp = self._check(self._client.listObjects(
-                loc.bucket, prefix=prefix or None, marker=marker, max_keys=self.max_keys),
+            resp = self._check(self._call(
+                "list", lambda marker=marker: self._client.listObjects(
+                    loc.bucket, prefix=prefix or None, marker=marker, max_keys=self.max_keys)),
                 loc, "list")
+            if resp.body is None:  # what the SDK makes of a cut-off or unreadable answer
+                raise TransientError("list failed: answer cut off or unreadable")
             contents = resp.body.contents or []
             for obj in contents:
                 yield obj.key, Entry(int(obj.size), _parse_sdk_time(obj.lastModified))
@@ -327,14 +465,24 @@ class ObsSdkBackend(RemoteBackend):
             marker = resp.body.next_marker or contents[-1].key
 
     def download(self, loc, path):
-        self._check(self._client.getObject(loc.bucket, loc.key, downloadPath=path), loc, "download")
+        self._check(self._call("download", lambda: self._client.getObject(
+            loc.bucket, loc.key, downloadPath=path)), loc, "download")
 
     def upload(self, path, loc):
-        self._check(self._client.putFile(loc.bucket, loc.key, path), loc, "upload")
+        self._check(self._call("upload", lambda: self._client.putFile(
+            loc.bucket, loc.key, path)), loc, "upload")
 
     def copy(self, src, dst):
-        self._check(self._client.copyObject(src.bucket, src.key, dst.bucket, dst.key), dst,
-                    "copy from %s" % src.url)
+        what = "copy from %s" % src.url
+        self._check(self._call(what, lambda: self._client.copyObject(
+            src.bucket, src.key, dst.bucket, dst.key)), dst, what)
+
+    def remove(self, loc):
+        resp = self._call("delete", lambda: self._client.deleteObject(loc.bucket, loc.key))
+        status, code = getattr(resp, "status", None), getattr(resp, "errorCode", "")
+        if status == 404 and code != "NoSuchBucket":
+            return  # S3 answers 204 for a missing key; some stores say 404 NoSuchKey
+        self._check(resp, loc, "delete")
 
     def close(self):
         self._client.close()
@@ -391,6 +539,14 @@ class MoxingBackend(RemoteBackend):
     def copy(self, src, dst):
         self.mox.file.copy(src.url, dst.url)
 
+    def remove(self, loc):
+        try:
+            self.mox.file.remove(loc.url, recursive=False)
+        except Exception:
+            if not self.mox.file.exists(loc.url):
+                return  # it was not there: not an error
+            raise
+
     def copy_tree(self, src, dst, threads):
         if self.safe:
             self.mox.file.copy_parallel(src, dst, threads=0, is_processing=False)
@@ -407,6 +563,9 @@ def _env_first(environ: Mapping[str, str], *names: str) -> str:
     return ""
 
 
+_WARNED: set = set()  # endpoints already warned about, so each warning comes once
+
+
 def sdk_settings(environ: Mapping[str, str]) -> Optional[dict]:
     """ObsClient keyword arguments from the environment, or None when something is missing."""
     ak = _env_first(environ, "OBS_ACCESS_KEY_ID", "S3_ACCESS_KEY_ID", "AWS_ACCESS_KEY_ID")
@@ -419,6 +578,16 @@ def sdk_settings(environ: Mapping[str, str]) -> Optional[dict]:
     if "://" not in endpoint:
         https = environ.get("S3_USE_HTTPS", "1").lower() not in _FALSE
         endpoint = ("https://" if https else "http://") + endpoint
+    pasted = _USERINFO_RE.match(endpoint)
+    if pasted:
+        # https://AK:SK@host: the SDK would take 'AK' for the host. Signing uses the keys above.
+        shown = mask_credentials(endpoint)
+        if shown not in _WARNED:
+            _WARNED.add(shown)
+            log.warning("%s has credentials in it: they are ignored (the keys come from "
+                        "OBS_ACCESS_KEY_ID/OBS_SECRET_ACCESS_KEY); remove them from the "
+                        "endpoint", shown)
+        endpoint = pasted.group(1) + endpoint[pasted.end():]
     host = endpoint.split("://", 1)[1].split("/", 1)[0].split(":", 1)[0].lower()
     huawei = "huaweicloud" in host or "hwclouds" in host
     signature = environ.get("OBS_SIGNATURE", "").lower() or ("obs" if huawei else "v4")
@@ -434,11 +603,19 @@ def sdk_settings(environ: Mapping[str, str]) -> Optional[dict]:
         ssl_verify = verify  # a CA bundle path
     else:
         ssl_verify = False
+    timeout_text = environ.get("OBS_SYNC_TIMEOUT", "")
+    try:
+        timeout = float(timeout_text) if timeout_text else DEFAULT_TIMEOUT_S
+    except ValueError:
+        timeout = -1.0
+    if not timeout > 0:
+        raise UserError("OBS_SYNC_TIMEOUT=%r: give the seconds to wait for the endpoint (> 0)"
+                        % timeout_text)
     settings = dict(access_key_id=ak, secret_access_key=sk, server=endpoint,
                     signature=signature, path_style=path_style,
                     # Negotiation asks the server which signing it wants, an OBS-only request.
                     is_signature_negotiation=huawei and not environ.get("OBS_SIGNATURE"),
-                    ssl_verify=ssl_verify)
+                    ssl_verify=ssl_verify, timeout=timeout)
     if token:
         settings["security_token"] = token
     region = _env_first(environ, "OBS_REGION", "AWS_REGION", "AWS_DEFAULT_REGION")
@@ -580,22 +757,102 @@ _PERMANENT = (UserError, FileNotFoundError, PermissionError, IsADirectoryError,
               NotADirectoryError)
 
 
-def with_retries(what: str, fn: Callable[[], object], retries: int):
-    """Run ``fn``; on a transient failure wait and try again, up to ``retries`` more times."""
+def with_retries(what: str, fn: Callable[[], object], retries: int, *,
+                 backend: Optional[RemoteBackend] = None):
+    """Run ``fn``, one storage call; on a transient failure wait (exponential back-off with
+    jitter) and try again, up to ``retries`` more times. ``what`` is the operation and its
+    URL(s), e.g. 'list obs://bkt/data/'. When every attempt failed, the ``TransferError`` names
+    it, the attempts, ``backend`` (and its endpoint) and what to do, in one line."""
     for attempt in range(retries + 1):
         try:
             return fn()
         except _PERMANENT:
             raise
         except Exception as e:  # network errors, 5xx: worth another try
+            reason = _one_line(e if isinstance(e, TransientError)
+                               else "%s: %s" % (type(e).__name__, e))
             if attempt >= retries:
-                raise TransferError("%s: failed after %d attempts: %s: %s"
-                                    % (what, attempt + 1, type(e).__name__, e)) from e
+                where = backend.where() if backend is not None else "local files"
+                advice = backend.advice() if backend is not None else "check the local disk"
+                raise TransferError(mask_credentials(
+                    "%s: failed after %d attempt%s (%s): %s. %s%s, or raise sync.retries (now "
+                    "%d) if it is only slow or flaky" % (
+                        what, attempt + 1, "s" if attempt else "", where, reason,
+                        advice[:1].upper(), advice[1:], retries))) from e
             delay = _backoff(attempt)
-            log.warning("%s: %s: %s; retry %d/%d in %.1f s", what, type(e).__name__, e,
-                        attempt + 1, retries, delay)
+            log.warning("%s: %s; retry %d/%d in %.1f s", what, reason, attempt + 1, retries,
+                        delay)
             _sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _count(name: str, value, minimum: int) -> int:
+    """``sync.threads``/``sync.retries`` as an int, refused (not clamped) when out of range."""
+    try:
+        number = int(value)
+        if number != float(value):
+            raise ValueError(value)
+    except (TypeError, ValueError):
+        raise UserError("sync.%s must be a whole number >= %d, got %r"
+                        % (name, minimum, value)) from None
+    if number < minimum:
+        raise UserError("sync.%s must be >= %d, got %d" % (name, minimum, number))
+    return number
+
+
+def _remove_local(path: str) -> None:
+    try:
+        os.remove(path)
+    except FileNotFoundError:
+        pass
+
+
+class _Store:
+    """The storage calls of one sync: each one through ``with_retries``. ``backend`` is None
+    when both sides are local."""
+
+    def __init__(self, backend: Optional[RemoteBackend], retries: int):
+        self.backend, self.retries = backend, retries
+        self.name = backend.name if backend is not None else "local"
+
+    def _do(self, what: str, fn: Callable[[], object]):
+        return with_retries(what, fn, self.retries, backend=self.backend)
+
+    def stat(self, loc: Location) -> Optional[Entry]:
+        return self._do("stat %s" % loc.url, lambda: self.backend.stat(loc))
+
+    def list(self, loc: Location) -> List[Tuple[str, Entry]]:
+        # A listing that fails on page 5 starts again: a half listing must not look complete.
+        return self._do("list %s" % loc.as_dir().url, lambda: list(self.backend.list(loc)))
+
+    def any(self, loc: Location) -> bool:
+        """At least one object under the prefix (one request, not a whole listing)."""
+        def first() -> bool:
+            for _ in self.backend.list(loc):
+                return True
+            return False
+        return self._do("list %s" % loc.as_dir().url, first)
+
+    def size(self, loc: Location) -> int:
+        return self._do("stat %s" % loc.url, lambda: self.backend.size(loc))
+
+    def remove(self, loc: Location) -> None:
+        if loc.remote:
+            self._do("remove %s" % loc.url, lambda: self.backend.remove(loc))
+        else:
+            self._do("remove %s" % loc.path, lambda: _remove_local(loc.path))
+
+    def copy_tree(self, src: Location, dst: Location, threads: int) -> bool:
+        return self._do("copy %s -> %s" % (src.url, dst.url),
+                        lambda: self.backend.copy_tree(src.as_dir().url, dst.as_dir().url,
+                                                       threads))
+
+    def transfer(self, item: _Plan) -> int:
+        src, dst = item.src, item.dst
+        op = ("get" if src.remote and not dst.remote else
+              "put" if dst.remote and not src.remote else "copy")
+        return self._do("%s %s -> %s" % (op, src.url, dst.url),
+                        lambda: _transfer(item, self.backend))
 
 
 def _is_newer_or_same(dst: Entry, src: Entry) -> bool:
@@ -615,7 +872,7 @@ class _Plan(NamedTuple):
     entry: Entry
 
 
-def _source_entries(src: Location, backend: Optional[RemoteBackend]) -> Tuple[str, Dict[str, Entry]]:
+def _source_entries(src: Location, store: _Store) -> Tuple[str, Dict[str, Entry]]:
     """('file', {'': entry}) or ('dir', {rel: entry}); UserError when nothing is there."""
     if not src.remote:
         entry = _local_stat(src.path)
@@ -624,14 +881,13 @@ def _source_entries(src: Location, backend: Optional[RemoteBackend]) -> Tuple[st
         if os.path.isdir(src.path):
             return "dir", list_local_dir(src.path)
         raise UserError("%s does not exist" % src.path)
-    assert backend is not None
     if not src.dir_like:
-        entry = backend.stat(src)
+        entry = store.stat(src)
         if entry is not None:
             return "file", {"": entry}
     folder = src.as_dir()
     entries = {}
-    for key, entry in backend.list(folder):
+    for key, entry in store.list(folder):
         rel = key[len(folder.key):]
         if not rel or key.endswith("/"):
             continue  # folder placeholder objects
@@ -641,15 +897,14 @@ def _source_entries(src: Location, backend: Optional[RemoteBackend]) -> Tuple[st
     return "dir", entries
 
 
-def _dest_entries(dst: Location, backend: Optional[RemoteBackend]) -> Dict[str, Entry]:
+def _dest_entries(dst: Location, store: _Store) -> Dict[str, Entry]:
     if not dst.remote:
         if os.path.isfile(dst.path):
             raise UserError("cannot sync a folder into %s: it is a file" % dst.path)
         return list_local_dir(dst.path)
-    assert backend is not None
     folder = dst.as_dir()
     found = {}
-    for key, entry in backend.list(folder):
+    for key, entry in store.list(folder):
         rel = key[len(folder.key):]
         if rel and not key.endswith("/"):
             found[rel] = entry
@@ -657,7 +912,7 @@ def _dest_entries(dst: Location, backend: Optional[RemoteBackend]) -> Dict[str, 
 
 
 def _transfer(item: _Plan, backend: Optional[RemoteBackend]) -> int:
-    """Copy one file; returns the bytes moved."""
+    """Copy one file; returns the bytes moved. One attempt: ``_Store.transfer`` retries it."""
     src, dst, expected = item.src, item.dst, item.entry.size
     if not dst.remote:
         def write(tmp: str) -> None:
@@ -665,8 +920,7 @@ def _transfer(item: _Plan, backend: Optional[RemoteBackend]) -> int:
                 backend.download(src, tmp)
                 got = os.path.getsize(tmp)
                 if expected is not None and got != expected:
-                    raise TransientError("%s: short download, %d of %d bytes"
-                                         % (src.url, got, expected))
+                    raise TransientError("short download, %d of %d bytes" % (got, expected))
             else:
                 shutil.copyfile(src.path, tmp)
             if item.entry.mtime is not None:
@@ -685,30 +939,50 @@ def _transfer(item: _Plan, backend: Optional[RemoteBackend]) -> int:
 
 
 def _fill_sizes(entries: Dict[str, Entry], folder: Location, rels: Iterable[str],
-                backend: RemoteBackend, pool: concurrent.futures.Executor) -> None:
+                store: _Store, pool: concurrent.futures.Executor) -> None:
     """Ask for sizes the listing did not give (moxing), only where a comparison needs them."""
     missing = [rel for rel in rels if entries[rel].size is None]
-    sizes = pool.map(lambda rel: backend.size(folder.join(rel)), missing)
+    sizes = pool.map(lambda rel: store.size(folder.join(rel)), missing)
     for rel, size in zip(missing, sizes):
         entries[rel] = Entry(size, entries[rel].mtime)
 
 
+def _run_all(pool: concurrent.futures.Executor, calls: List[Callable[[], object]]) -> list:
+    """Run ``calls`` in the pool; the first failure cancels what has not started and raises."""
+    futures = [pool.submit(call) for call in calls]
+    results = []
+    try:
+        for future in concurrent.futures.as_completed(futures):
+            results.append(future.result())
+    except BaseException:
+        for future in futures:
+            future.cancel()
+        raise
+    return results
+
+
+@_scrubbed
 def sync(src: str, dst: str, *, threads: int = 8, retries: int = 3, backend=None,
-         incremental: bool = True, exclude: Iterable[str] = (), delete: bool = False) -> SyncReport:
+         incremental: bool = True, exclude: Iterable[str] = (),
+         delete: bool = False) -> SyncReport:
     """Copy the file or folder ``src`` to ``dst`` (local paths or obs://, s3:// URLs).
 
     A folder's contents land in ``dst`` (like ``rsync src/ dst/``). A file lands at ``dst``, or
     inside it when ``dst`` ends with '/' or is an existing local folder. With ``incremental``,
     files whose destination copy has the same size and is not older are skipped. ``exclude``:
-    glob patterns matched against paths relative to ``src``. ``backend``: None (automatic), a
-    name (moxing|sdk|mock) or a ``RemoteBackend``."""
+    glob patterns matched against paths relative to ``src`` (and, with ``delete``, relative to
+    ``dst``). ``delete`` (folders only, like ``rsync --delete``): once every copy succeeded,
+    files under ``dst`` that are not in ``src`` and not excluded are removed, so ``dst``
+    mirrors ``src``. ``backend``: None (automatic), a name (moxing|sdk|mock) or a
+    ``RemoteBackend``. ``threads`` >= 1 and ``retries`` >= 0, else ``UserError``."""
     start = time.monotonic()
-    threads = max(1, int(threads))
-    retries = max(0, int(retries))
+    threads = _count("threads", threads, 1)
+    retries = _count("retries", retries, 0)
     s, d = parse_location(src), parse_location(dst)
     be = select_backend(backend) if (s.remote or d.remote) else None
     try:
-        report = _sync(s, d, be, threads, retries, incremental, tuple(exclude))
+        report = _sync(s, d, _Store(be, retries), threads, incremental, tuple(exclude),
+                       bool(delete))
     finally:
         if be is not None and be is not backend:
             be.close()
@@ -719,10 +993,10 @@ def sync(src: str, dst: str, *, threads: int = 8, retries: int = 3, backend=None
     return report
 
 
-def _sync(s: Location, d: Location, be: Optional[RemoteBackend], threads: int, retries: int,
-          incremental: bool, exclude: Tuple[str, ...]) -> SyncReport:
-    name = be.name if be is not None else "local"
-    kind, src_entries = with_retries("list %s" % s.url, lambda: _source_entries(s, be), retries)
+def _sync(s: Location, d: Location, store: _Store, threads: int, incremental: bool,
+          exclude: Tuple[str, ...], delete: bool) -> SyncReport:
+    name, be = store.name, store.backend
+    kind, src_entries = _source_entries(s, store)
     if kind == "file":
         if d.dir_like or (not d.remote and os.path.isdir(d.path)):
             d = d.as_dir().join(s.basename)
@@ -731,62 +1005,70 @@ def _sync(s: Location, d: Location, be: Optional[RemoteBackend], threads: int, r
         entry = src_entries[""]
         dst_entry = None
         if incremental:
-            dst_entry = (_local_stat(d.path) if not d.remote
-                         else with_retries("stat %s" % d.url, lambda: be.stat(d), retries))
+            dst_entry = _local_stat(d.path) if not d.remote else store.stat(d)
         if dst_entry is not None and entry.size is None and be is not None:
-            entry = Entry(be.size(s), entry.mtime)
+            entry = Entry(store.size(s), entry.mtime)
         if dst_entry is not None and dst_entry.size is None and be is not None:
-            dst_entry = Entry(be.size(d), dst_entry.mtime)
+            dst_entry = Entry(store.size(d), dst_entry.mtime)
         if dst_entry is not None and _is_newer_or_same(dst_entry, entry):
             return SyncReport(0, 0, 1, 0.0, name)
-        moved = with_retries("copy %s -> %s" % (s.url, d.url),
-                             lambda: _transfer(_Plan("", s, d, entry), be), retries)
-        return SyncReport(1, moved, 0, 0.0, name)
+        return SyncReport(1, store.transfer(_Plan("", s, d, entry)), 0, 0.0, name)
+
+    def excluded(rel: str) -> bool:
+        return any(fnmatch.fnmatchcase(rel, pat) for pat in exclude)
 
     if exclude:
-        src_entries = {rel: e for rel, e in src_entries.items()
-                       if not any(fnmatch.fnmatchcase(rel, pat) for pat in exclude)}
+        src_entries = {rel: e for rel, e in src_entries.items() if not excluded(rel)}
     if not s.remote and not d.remote and s.path == d.path:
         return SyncReport(0, 0, len(src_entries), 0.0, name)
-    dst_entries = (with_retries("list %s" % d.url, lambda: _dest_entries(d, be), retries)
-                   if incremental else {})
+    dst_entries = _dest_entries(d, store) if (incremental or delete) else {}
+    compare = dst_entries if incremental else {}
     with concurrent.futures.ThreadPoolExecutor(threads, thread_name_prefix="obs_sync") as pool:
-        common = [rel for rel in src_entries if rel in dst_entries]
+        common = [rel for rel in src_entries if rel in compare]
         if be is not None and common:
             if s.remote:
-                _fill_sizes(src_entries, s.as_dir(), common, be, pool)
+                _fill_sizes(src_entries, s.as_dir(), common, store, pool)
             if d.remote:
-                _fill_sizes(dst_entries, d.as_dir(), common, be, pool)
+                _fill_sizes(compare, d.as_dir(), common, store, pool)
         todo = [rel for rel in src_entries
-                if rel not in dst_entries or not _is_newer_or_same(dst_entries[rel],
-                                                                   src_entries[rel])]
+                if rel not in compare or not _is_newer_or_same(compare[rel], src_entries[rel])]
         skipped = len(src_entries) - len(todo)
         if (be is not None and not dst_entries and todo and not exclude
                 and len(todo) == len(src_entries)):
             # Nothing at the destination: let the backend copy the folder its own way.
-            if with_retries("copy %s -> %s" % (s.url, d.url),
-                            lambda: be.copy_tree(s.as_dir().url, d.as_dir().url, threads),
-                            retries):
-                moved = _copied_bytes(s, d, todo, src_entries, be, pool)
+            if store.copy_tree(s, d, threads):
+                moved = _copied_bytes(s, d, todo, src_entries, store, pool)
                 return SyncReport(len(todo), moved, 0, 0.0, name)
         # Largest first, so one big file does not start last and run alone.
         todo.sort(key=lambda rel: -(src_entries[rel].size or 0))
         plans = [_Plan(rel, s.join(rel), d.join(rel), src_entries[rel]) for rel in todo]
-        futures = [pool.submit(with_retries, "copy %s -> %s" % (p.src.url, p.dst.url),
-                               lambda p=p: _transfer(p, be), retries) for p in plans]
-        moved = 0
-        try:
-            for future in concurrent.futures.as_completed(futures):
-                moved += future.result()
-        except BaseException:
-            for future in futures:
-                future.cancel()
-            raise
-    return SyncReport(len(plans), moved, skipped, 0.0, name)
+        moved = sum(_run_all(pool, [lambda p=p: store.transfer(p) for p in plans]))
+        stale = []
+        if delete:
+            # Only now: a sync that failed half-way must not have deleted anything.
+            stale = sorted(rel for rel in dst_entries
+                           if rel not in src_entries and not excluded(rel))
+            _run_all(pool, [lambda rel=rel: store.remove(d.join(rel)) for rel in stale])
+            if not d.remote:
+                _prune_empty_folders(d.path, stale)
+    return SyncReport(len(plans), moved, skipped, 0.0, name, len(stale))
+
+
+def _prune_empty_folders(top: str, removed: Iterable[str]) -> None:
+    """Folders under ``top`` left empty by a mirroring sync go too (``top`` stays)."""
+    top = top.rstrip(os.sep)
+    for rel in removed:
+        folder = os.path.dirname(os.path.join(top, *rel.split("/")))
+        while folder.startswith(top + os.sep):
+            try:
+                os.rmdir(folder)
+            except OSError:  # not empty, or gone already
+                break
+            folder = os.path.dirname(folder)
 
 
 def _copied_bytes(s: Location, d: Location, rels: List[str], entries: Dict[str, Entry],
-                  be: RemoteBackend, pool: concurrent.futures.Executor) -> int:
+                  store: _Store, pool: concurrent.futures.Executor) -> int:
     total = 0
     unknown = []
     for rel in rels:
@@ -798,56 +1080,60 @@ def _copied_bytes(s: Location, d: Location, rels: List[str], entries: Dict[str, 
             unknown.append(rel)
         else:
             total += size
-    return total + sum(pool.map(lambda rel: be.size(d.join(rel)), unknown))
+    return total + sum(pool.map(lambda rel: store.size(d.join(rel)), unknown))
 
 
 # --------------------------------------------------------------------------- extras used by the job
 
-def list_files(url: str, *, backend=None) -> Dict[str, Entry]:
+@_scrubbed
+def list_files(url: str, *, backend=None, retries: int = 3) -> Dict[str, Entry]:
     """Files under the folder ``url`` (relative path → Entry); {} when there are none."""
+    retries = _count("retries", retries, 0)
     loc = parse_location(url)
     if not loc.remote:
         return list_local_dir(loc.path) if os.path.isdir(loc.path) else {}
     be = select_backend(backend)
     try:
-        return _dest_entries(loc, be)
+        return _dest_entries(loc, _Store(be, retries))
     finally:
         if be is not backend:
             be.close()
 
 
-def mask_credentials(text: str) -> str:
-    return re.sub(r"(://)[^/@\s]+:[^/@\s]+@", r"\1***@", str(text))
-
-
-def remove(url: str, *, backend=None, retries: int = 3) -> None:
-    loc = parse_location(url)
-    if not loc.remote:
-        try:
-            os.remove(loc.path)
-        except FileNotFoundError:
-            pass
-        return
-    be = select_backend(backend)
-    try:
-        with_retries("remove %s" % loc.url, lambda: be.remove(loc), retries)
-    finally:
-        if be is not backend:
-            be.close()
-
-
-def exists(url: str, *, backend=None) -> bool:
+@_scrubbed
+def exists(url: str, *, backend=None, retries: int = 3) -> bool:
     """True when ``url`` is a file/object or a folder/prefix holding at least one file."""
+    retries = _count("retries", retries, 0)
     loc = parse_location(url)
     if not loc.remote:
         return os.path.exists(loc.path)
     be = select_backend(backend)
     try:
-        if not loc.dir_like and be.stat(loc) is not None:
+        store = _Store(be, retries)
+        if not loc.dir_like and store.stat(loc) is not None:
             return True
-        for _ in be.list(loc.as_dir()):
-            return True
-        return False
+        return store.any(loc.as_dir())
+    finally:
+        if be is not backend:
+            be.close()
+
+
+@_scrubbed
+def remove(url: str, *, backend=None, retries: int = 3) -> None:
+    """Delete the one file or object ``url``; one that is not there is not an error. A folder
+    (a local directory, a URL ending in '/') is refused: this never deletes a tree."""
+    retries = _count("retries", retries, 0)
+    loc = parse_location(url)
+    if not loc.remote:
+        if os.path.isdir(loc.path):
+            raise UserError("%s is a folder: remove() deletes one file" % loc.path)
+        _Store(None, retries).remove(loc)
+        return
+    if loc.dir_like:
+        raise UserError("%s ends with '/': remove() deletes one object; give its key" % loc.url)
+    be = select_backend(backend)
+    try:
+        _Store(be, retries).remove(loc)
     finally:
         if be is not backend:
             be.close()
@@ -864,18 +1150,21 @@ def main(argv: Optional[List[str]] = None) -> int:
     parser.add_argument("--retries", type=int, default=3)
     parser.add_argument("--backend", default=None, help="moxing|sdk|mock (default: automatic)")
     parser.add_argument("--full", action="store_true", help="copy every file, even unchanged ones")
+    parser.add_argument("--delete", action="store_true",
+                        help="mirror: remove files under DST that are not in SRC")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         report = sync(args.src, args.dst, threads=args.threads, retries=args.retries,
-                      backend=args.backend, incremental=not args.full)
+                      backend=args.backend, incremental=not args.full, delete=args.delete)
+    except TransferError as e:  # before UserError, its base: a network failure exits 1
+        print("error: %s" % e, file=sys.stderr)
+        return 1
     except UserError as e:
         print("error: %s" % e, file=sys.stderr)
         return 2
-    except TransferError as e:
-        print("error: %s" % e, file=sys.stderr)
-        return 1
-    print("%s -> %s: %s" % (args.src, args.dst, report.summary()))
+    print("%s -> %s: %s" % (mask_credentials(args.src), mask_credentials(args.dst),
+                            report.summary()))
     return 0
 
 

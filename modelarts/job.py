@@ -174,6 +174,7 @@ class Job:
         sync_cfg = cfg.get("sync") or {}
         self.sync_options = {"threads": int(sync_cfg.get("threads", 8)),
                              "retries": int(sync_cfg.get("retries", 3))}
+        self.retries = self.sync_options["retries"]
         self.log_every = float(sync_cfg.get("log_every", 60) or 0)
         self.keep_last = int((cfg.get("train") or {}).get("keep_last", 0) or 0)
         wait_timeout = float(cfg.get("rank_table_timeout") or 600)
@@ -197,7 +198,7 @@ class Job:
         self._staging = NodeOnce(self.cache_dir, env.job_id, self.is_node_main,
                                  launch_time=self.launch_time, timeout=wait_timeout)
         self._pusher = Pusher(self.output_dir, self.upload_to,
-                              retries=self.sync_options["retries"])
+                              retries=self.retries)
         self._log_pusher: Optional[LogPusher] = None
         self._sources: Dict[str, str] = {}  # local copy → the URL it was staged from
         self._scratch: Optional[str] = None
@@ -378,9 +379,9 @@ class Job:
         if remote_log and not os.path.exists(path) and self.task == TRAIN:
             # A restart on a fresh cache carries on the run's log instead of replacing it.
             try:
-                if obs_sync.exists(remote_log):
+                if obs_sync.exists(remote_log, retries=self.retries):
                     obs_sync.sync(remote_log, path, incremental=False, threads=1,
-                                  retries=self.sync_options["retries"])
+                                  retries=self.retries)
             except UserError as err:
                 log.warning("could not fetch the earlier log %s: %s", remote_log, err)
         handler = logging.FileHandler(path, mode="a", encoding="utf-8")
@@ -396,7 +397,7 @@ class Job:
         self._log_handler = handler
         if remote_log:
             self._log_pusher = LogPusher(path, remote_log, every=self.log_every,
-                                         retries=self.sync_options["retries"])
+                                         retries=self.retries)
             self._log_pusher.start()
 
     def _close_log(self) -> None:
@@ -424,11 +425,11 @@ class Job:
         if not obs_sync.is_remote(self.record_url):
             return read_json(os.path.join(self.record_url, *rel.split("/")))
         url = remote_join(self.record_url, rel)
-        if not obs_sync.exists(url):
+        if not obs_sync.exists(url, retries=self.retries):
             return None
         local = os.path.join(self.scratch_dir, "fetched", *rel.split("/"))
         obs_sync.sync(url, local, incremental=False, threads=1,
-                      retries=self.sync_options["retries"])
+                      retries=self.retries)
         data = read_json(local)
         if data is None:
             raise UserError("%s is not valid JSON: it is not a run record this package wrote; "
@@ -439,7 +440,8 @@ class Job:
         where = self.record_url or self.output_dir
         url = (remote_join(where, run_record.CKPT_DIR) if obs_sync.is_remote(where)
                else os.path.join(where, run_record.CKPT_DIR))
-        return sorted(n for n in obs_sync.list_files(url) if "/" not in n)
+        return sorted(n for n in obs_sync.list_files(url, retries=self.retries)
+                      if "/" not in n)
 
     def _decide(self) -> run_record.Decision:
         where = self.record_url or self.output_dir
@@ -501,7 +503,7 @@ class Job:
     def _upload_record(self) -> None:
         obs_sync.sync(os.path.join(self.output_dir, run_record.RECORD_NAME),
                       remote_join(self.upload_to, run_record.RECORD_NAME), incremental=False,
-                      threads=1, retries=self.sync_options["retries"])
+                      threads=1, retries=self.retries)
 
     # ----------------------------------------------------------------- checkpoints
 
@@ -550,7 +552,7 @@ class Job:
             name = os.path.basename(path)
             removed = prune_checkpoints(remote_join(self.upload_to, run_record.CKPT_DIR),
                                         self.keep_last, (name,),
-                                        retries=self.sync_options["retries"])
+                                        retries=self.retries)
             if removed:
                 log.info("removed %s from train_url (train.keep_last=%d)", ", ".join(removed),
                          self.keep_last)
@@ -589,15 +591,15 @@ class Job:
         if obs_sync.is_remote(base):
             record_json = remote_join(base, run_record.RECORD_NAME)
             record = None
-            if obs_sync.exists(record_json):
+            if obs_sync.exists(record_json, retries=self.retries):
                 local = os.path.join(self.scratch_dir, "run", run_record.RECORD_NAME)
                 obs_sync.sync(record_json, local, incremental=False, threads=1,
-                              retries=self.sync_options["retries"])
+                              retries=self.retries)
                 record = read_json(local)
-            names = obs_sync.list_files(remote_join(base, run_record.CKPT_DIR))
+            names = obs_sync.list_files(remote_join(base, run_record.CKPT_DIR), retries=self.retries)
         else:
             record = read_json(os.path.join(base, run_record.RECORD_NAME))
-            names = obs_sync.list_files(os.path.join(base, run_record.CKPT_DIR))
+            names = obs_sync.list_files(os.path.join(base, run_record.CKPT_DIR), retries=self.retries)
         pointer = (record or {}).get("checkpoint") or {}
         rel = pointer.get("path")
         if not rel:

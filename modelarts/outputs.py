@@ -169,7 +169,7 @@ def prune_checkpoints(ckpt_url: str, keep_last: int, protect: Tuple[str, ...], *
 
     if keep_last <= 0:
         return []
-    names = sorted((step_of(n), n) for n in obs_sync.list_files(ckpt_url)
+    names = sorted((step_of(n), n) for n in obs_sync.list_files(ckpt_url, retries=retries)
                    if "/" not in n and step_of(n) is not None)
     doomed = [n for _, n in names[:-keep_last] if n not in protect]
     for name in doomed:

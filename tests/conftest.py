@@ -1,5 +1,5 @@
-"""Shared fixtures: the filesystem OBS mock, a real S3 endpoint (moto_server) on loopback, and
-MindSpore's PyNative mode for unit tests."""
+"""Shared fixtures: the filesystem OBS mock, a real S3 endpoint (moto_server) on loopback, the
+same endpoint behind a fault-injecting proxy, and MindSpore's PyNative mode for unit tests."""
 from __future__ import annotations
 
 import os
@@ -19,7 +19,7 @@ STORAGE_ENV = (
     "S3_ACCESS_KEY_ID", "S3_SECRET_ACCESS_KEY", "S3_SESSION_TOKEN", "S3_ENDPOINT",
     "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "OBS_MOCK_ROOT",
     "OBS_SYNC_BACKEND", "OBS_SIGNATURE", "OBS_PATH_STYLE", "OBS_REGION", "S3_USE_HTTPS",
-    "S3_VERIFY_SSL", "OBS_SYNC_MOX_SAFE",
+    "S3_VERIFY_SSL", "OBS_SYNC_MOX_SAFE", "OBS_SYNC_TIMEOUT",
 )
 MOTO_ACCESS_KEY = "AKIDMOTOTEST"
 MOTO_SECRET_KEY = "moto-secret-Zq8vXw3LpK"
@@ -94,6 +94,27 @@ def s3_bucket(moto_endpoint, clean_storage_env):
     bucket = "test-" + uuid.uuid4().hex[:12]
     client.create_bucket(Bucket=bucket)
     return types.SimpleNamespace(name=bucket, client=client, secret_key=MOTO_SECRET_KEY)
+
+
+@pytest.fixture
+def faulty_s3(s3_bucket, moto_endpoint, clean_storage_env):
+    """``s3_bucket`` reached through a fault-injecting proxy (tests/faultproxy.py): obs_sync's
+    SDK backend talks to the proxy, while ``.client`` (boto3) talks to moto directly, so setting
+    up and checking never meets a fault. ``.name``, ``.client``, ``.secret_key``, ``.endpoint``
+    (the proxy's), ``.proxy`` (``.add(action, method, key, times, ...)``, ``.injected``,
+    ``.clear()``), ``.env`` (the variables a subprocess needs; it can add rules with
+    ``faultproxy.add_rule(env["S3_ENDPOINT"], ...)``). The SDK's time-out is 5 s here."""
+    from tests.faultproxy import FaultProxy
+
+    proxy = FaultProxy(moto_endpoint)
+    env = {"OBS_ACCESS_KEY_ID": MOTO_ACCESS_KEY, "OBS_SECRET_ACCESS_KEY": MOTO_SECRET_KEY,
+           "S3_ENDPOINT": proxy.endpoint, "OBS_SYNC_BACKEND": "sdk", "OBS_SYNC_TIMEOUT": "5"}
+    for name, value in env.items():
+        clean_storage_env.setenv(name, value)
+    yield types.SimpleNamespace(name=s3_bucket.name, client=s3_bucket.client,
+                                secret_key=s3_bucket.secret_key, endpoint=proxy.endpoint,
+                                proxy=proxy, env=env)
+    proxy.close()
 
 
 @pytest.fixture

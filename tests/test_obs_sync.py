@@ -1,5 +1,6 @@
 """obs_sync: the filesystem mock in every direction, the OBS SDK against moto_server on loopback,
-a fake moxing module, retries, key safety and atomic local writes."""
+a fake moxing module, retries, key safety, atomic local writes, remove and mirror mode. Faults
+on a real endpoint (503s, drops, endpoint down): test_storage_faults.py."""
 from __future__ import annotations
 
 import logging
@@ -216,6 +217,78 @@ def test_client_errors_fail_at_once(tmp_path, mock_obs, no_sleep):
     assert denied.calls == 1 and no_sleep == []
 
 
+class FlakyList(MockBackend):
+    """Listing and HEAD answer 'connection reset' a few times first (a 503 at job start)."""
+
+    def __init__(self, root, failures):
+        super().__init__(root)
+        self.failures, self.calls = failures, []
+
+    def _maybe_fail(self, what):
+        self.calls.append(what)
+        if len(self.calls) <= self.failures:
+            raise obs_sync.TransientError("%s: 503 SlowDown" % what)
+
+    def stat(self, loc):
+        self._maybe_fail("stat")
+        return super().stat(loc)
+
+    def list(self, loc):
+        self._maybe_fail("list")
+        return super().list(loc)
+
+    def remove(self, loc):
+        self._maybe_fail("remove")
+        super().remove(loc)
+
+
+def test_list_exists_remove_are_retried(tmp_path, mock_obs, no_sleep):
+    make_tree(mock_obs / "bkt" / "out" / "ckpt", {"s1.ckpt": b"1", "s2.ckpt": b"22"})
+    flaky = FlakyList(str(mock_obs), 2)
+    found = obs_sync.list_files("obs://bkt/out/ckpt", backend=flaky)
+    assert {rel: e.size for rel, e in found.items()} == {"s1.ckpt": 1, "s2.ckpt": 2}
+    assert flaky.calls == ["list"] * 3 and len(no_sleep) == 2
+
+    flaky = FlakyList(str(mock_obs), 2)
+    assert obs_sync.exists("obs://bkt/out/ckpt", backend=flaky)
+    assert flaky.calls == ["stat", "stat", "stat", "list"]  # not a file, a folder
+
+    flaky = FlakyList(str(mock_obs), 1)
+    obs_sync.remove("obs://bkt/out/ckpt/s1.ckpt", backend=flaky)
+    assert flaky.calls == ["remove"] * 2
+    assert not (mock_obs / "bkt" / "out" / "ckpt" / "s1.ckpt").exists()
+
+    with pytest.raises(TransferError, match=r"^list obs://bkt/out/ckpt/: failed after 2 "
+                                            r"attempts \(backend mock.*sync.retries \(now 1\)"):
+        obs_sync.list_files("obs://bkt/out/ckpt", backend=FlakyList(str(mock_obs), 5),
+                            retries=1)
+
+
+def test_transfer_error_is_a_user_error():
+    # start.py prints a UserError as one 'error:' line instead of a traceback.
+    assert issubclass(TransferError, UserError)
+    assert not issubclass(obs_sync.TransientError, UserError)
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"threads": 0}, "sync.threads must be >= 1, got 0"),
+    ({"threads": -2}, "sync.threads must be >= 1, got -2"),
+    ({"retries": -1}, "sync.retries must be >= 0, got -1"),
+    ({"threads": "many"}, "sync.threads must be a whole number >= 1, got 'many'"),
+    ({"retries": 1.5}, "sync.retries must be a whole number >= 0, got 1.5"),
+])
+def test_bad_threads_and_retries_are_refused(tmp_path, mock_obs, kwargs, message):
+    make_tree(tmp_path / "src", FILES)
+    with pytest.raises(UserError, match="^%s$" % message.replace(".", r"\.")):
+        sync(str(tmp_path / "src"), "obs://bkt/x", **kwargs)
+    assert not (mock_obs / "bkt").exists()  # refused before doing anything
+    if "retries" in kwargs:
+        for call in (obs_sync.list_files, obs_sync.exists, obs_sync.remove):
+            with pytest.raises(UserError, match="sync.retries"):
+                call("obs://bkt/x/a.txt", **kwargs)
+    assert sync(str(tmp_path / "src"), "obs://bkt/x", threads=1, retries=0).files == 3
+
+
 class Resp:
     def __init__(self, status, code="", message=""):
         self.status, self.errorCode, self.errorMessage = status, code, message
@@ -236,6 +309,70 @@ def test_sdk_status_classification(clean_storage_env):
         backend._check(Resp(403, "AccessDenied", "Access Denied"), loc, "get")
     with pytest.raises(StorageError, match="no bucket 'bkt'"):
         backend._check(Resp(404, "NoSuchBucket", "gone"), loc, "list")
+
+
+# --------------------------------------------------------------------------- remove and mirror
+
+def test_remove(tmp_path, mock_obs):
+    make_tree(mock_obs / "bkt" / "d", {"a.txt": b"a", "sub/b.txt": b"b"})
+    obs_sync.remove("obs://bkt/d/a.txt")
+    assert read_tree(mock_obs / "bkt" / "d") == {"sub/b.txt": b"b"}
+    obs_sync.remove("obs://bkt/d/a.txt")  # gone already: not an error
+    obs_sync.remove("obs://bkt/d/sub")  # a "folder" is not an object: nothing happens
+    assert read_tree(mock_obs / "bkt" / "d") == {"sub/b.txt": b"b"}
+    with pytest.raises(UserError, match="ends with '/'"):
+        obs_sync.remove("obs://bkt/d/sub/")
+
+    local = make_tree(tmp_path / "l", {"x.txt": b"x"})
+    obs_sync.remove(str(local / "x.txt"))
+    obs_sync.remove(str(local / "x.txt"))
+    assert not (local / "x.txt").exists()
+    with pytest.raises(UserError, match="is a folder"):
+        obs_sync.remove(str(local))
+
+
+def test_mirror_into_a_local_cache(tmp_path, mock_obs):
+    data = make_tree(mock_obs / "bkt" / "data", FILES)
+    cache = tmp_path / "cache"
+    sync("obs://bkt/data", str(cache), delete=True)
+    assert read_tree(cache) == FILES
+    make_tree(cache, {"keep/notes.txt": b"mine"})
+
+    (data / "sub" / "deep" / "c.png").unlink()  # deleted from data_url ...
+    (data / "a.txt").write_bytes(b"changed")
+    report = sync("obs://bkt/data", str(cache), delete=True, exclude=["keep/*"])
+    # ... and gone from the cache, its emptied folder too; excluded files stay.
+    assert (report.files, report.deleted) == (1, 1) and "1 deleted" in report.summary()
+    assert read_tree(cache) == {"a.txt": b"changed", "sub/b.bin": FILES["sub/b.bin"],
+                                "keep/notes.txt": b"mine"}
+    assert not (cache / "sub" / "deep").exists()
+
+    # Without delete nothing is removed; nor with a single-file source.
+    make_tree(cache, {"stray.txt": b"s"})
+    assert sync("obs://bkt/data", str(cache)).deleted == 0
+    assert sync("obs://bkt/data/a.txt", str(cache / "a.txt"), delete=True).deleted == 0
+    assert (cache / "stray.txt").exists()
+    # Full copies (incremental=False) mirror too.
+    assert sync("obs://bkt/data", str(cache), delete=True, incremental=False,
+                exclude=["keep/*"]).deleted == 1
+
+
+def test_mirror_to_a_remote_destination(tmp_path, mock_obs):
+    src = make_tree(tmp_path / "src", FILES)
+    sync(str(src), "obs://bkt/m")
+    (src / "a.txt").unlink()
+    report = sync(str(src), "obs://bkt/m", delete=True)
+    assert (report.files, report.skipped, report.deleted) == (0, 2, 1)
+    assert read_tree(mock_obs / "bkt" / "m") == read_tree(src)
+
+
+def test_mirror_deletes_nothing_when_a_copy_fails(tmp_path, mock_obs, no_sleep):
+    make_tree(mock_obs / "bkt" / "data", {"new.bin": b"n"})
+    cache = make_tree(tmp_path / "cache", {"old.bin": b"o"})
+    flaky = Flaky(str(mock_obs), 10, ConnectionError("reset"))
+    with pytest.raises(TransferError):
+        sync("obs://bkt/data", str(cache), delete=True, retries=1, backend=flaky)
+    assert read_tree(cache) == {"old.bin": b"o"}
 
 
 # --------------------------------------------------------------------------- backend selection
@@ -265,6 +402,21 @@ def test_sdk_settings_from_environment():
     assert (forced["signature"], forced["path_style"], forced["is_signature_negotiation"]) == (
         "v4", True, False)
     assert obs_sync.sdk_settings({"OBS_ACCESS_KEY_ID": "a", "S3_ENDPOINT": "x"}) is None
+
+
+def test_sdk_settings_timeout_and_endpoint_credentials(caplog):
+    base = {"OBS_ACCESS_KEY_ID": "ak", "OBS_SECRET_ACCESS_KEY": "sk"}
+    plain = obs_sync.sdk_settings(dict(base, S3_ENDPOINT="http://minio:9000"))
+    assert plain["timeout"] == obs_sync.DEFAULT_TIMEOUT_S
+    assert obs_sync.sdk_settings(dict(base, S3_ENDPOINT="http://m:1",
+                                      OBS_SYNC_TIMEOUT="2.5"))["timeout"] == 2.5
+    for bad in ("0", "-1", "soon"):
+        with pytest.raises(UserError, match="OBS_SYNC_TIMEOUT"):
+            obs_sync.sdk_settings(dict(base, S3_ENDPOINT="http://m:1", OBS_SYNC_TIMEOUT=bad))
+    caplog.set_level(logging.WARNING)
+    pasted = obs_sync.sdk_settings(dict(base, S3_ENDPOINT="https://AK:S3cr/t@obs.x.com:8443/"))
+    assert pasted["server"] == "https://obs.x.com:8443/"
+    assert "https://***@obs.x.com:8443/" in caplog.text and "S3cr" not in caplog.text
 
 
 # --------------------------------------------------------------------------- moxing (fake module)
@@ -304,6 +456,10 @@ class FakeMoxFile:
         os.makedirs(os.path.dirname(self._p(dst)), exist_ok=True)
         with open(self._p(src), "rb") as f, open(self._p(dst), "wb") as g:
             g.write(f.read())
+
+    def remove(self, url, recursive=False):
+        self.calls.append(("remove", url, recursive))
+        os.remove(self._p(url))  # like moxing, a missing file raises
 
     def copy_parallel(self, src, dst, threads=8, is_processing=True):
         self.calls.append(("copy_parallel", src, dst, threads, is_processing))
@@ -370,6 +526,16 @@ def test_moxing_safe_mode(tmp_path, fake_moxing, monkeypatch):
     assert [c[3:] for c in fake_moxing.calls if c[0] == "copy_parallel"] == [(0, False)]
 
 
+def test_moxing_remove(tmp_path, fake_moxing, monkeypatch):
+    monkeypatch.setattr(obs_sync, "_on_modelarts", lambda environ: True)
+    make_tree(tmp_path / "mox_root" / "bkt", {"x.txt": b"x"})
+    obs_sync.remove("obs://bkt/x.txt")
+    obs_sync.remove("obs://bkt/x.txt")  # missing: moxing raises, obs_sync checks and shrugs
+    assert not (tmp_path / "mox_root" / "bkt" / "x.txt").exists()
+    assert [c for c in fake_moxing.calls if c[0] == "remove"] == [
+        ("remove", "obs://bkt/x.txt", False)] * 2
+
+
 # --------------------------------------------------------------------------- OBS SDK against moto
 
 def test_sdk_up_and_down_with_pagination(tmp_path, s3_bucket, caplog):
@@ -422,6 +588,28 @@ def test_sdk_refuses_escaping_key(tmp_path, s3_bucket):
     assert not (tmp_path / "inner" / "evil.txt").exists() and not dst.exists()
 
 
+def test_sdk_remove_and_mirror(tmp_path, s3_bucket):
+    bucket, s3 = s3_bucket.name, s3_bucket.client
+    for key in ("m/a.txt", "m/b.txt", "m/sub/c.txt"):
+        s3.put_object(Bucket=bucket, Key=key, Body=key.encode())
+    obs_sync.remove("obs://%s/m/a.txt" % bucket)
+    obs_sync.remove("obs://%s/m/a.txt" % bucket)  # missing: fine
+    assert sorted(obs_sync.list_files("obs://%s/m" % bucket)) == ["b.txt", "sub/c.txt"]
+    with pytest.raises(StorageError, match="NoSuchBucket"):
+        obs_sync.remove("obs://no-such-bucket-x/k")
+
+    cache = tmp_path / "cache"
+    sync("obs://%s/m" % bucket, str(cache), delete=True)
+    s3.delete_object(Bucket=bucket, Key="m/sub/c.txt")
+    report = sync("obs://%s/m" % bucket, str(cache), delete=True)
+    assert report.deleted == 1 and read_tree(cache) == {"b.txt": b"m/b.txt"}
+    src = make_tree(tmp_path / "src", {"only.txt": b"o"})
+    report = sync(str(src), "obs://%s/m" % bucket, delete=True)
+    assert (report.files, report.deleted) == (1, 1)
+    assert [o["Key"] for o in s3.list_objects_v2(Bucket=bucket, Prefix="m/")["Contents"]] == [
+        "m/only.txt"]
+
+
 def test_sdk_errors_name_the_url(tmp_path, s3_bucket, no_sleep):
     bucket = s3_bucket.name
     with pytest.raises(StorageError, match="obs://no-such-bucket-x/data/.*NoSuchBucket"):
@@ -462,6 +650,12 @@ def test_cli(tmp_path, mock_obs, capsys):
     assert obs_sync.main(["obs://bkt/absent", str(tmp_path / "x")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: obs://bkt/absent does not exist")
+    assert obs_sync.main([str(src), "obs://bkt/cli", "--threads", "0"]) == 2
+    assert capsys.readouterr().err.strip() == "error: sync.threads must be >= 1, got 0"
+    (src / "a.txt").unlink()
+    assert obs_sync.main([str(src), "obs://bkt/cli", "--delete"]) == 0
+    assert "1 deleted" in capsys.readouterr().out
+    assert read_tree(mock_obs / "bkt" / "cli") == read_tree(src)
 
 
 def test_sync_report_entry_types():

@@ -91,7 +91,9 @@ def _preprocess(recipe_cls, cfg: dict, job) -> int:
         out_dir = os.path.join(job.scratch_dir, "preprocessed")
         os.makedirs(out_dir, exist_ok=True)
         # Skip what the destination already holds from its listing: no download of the set.
-        done = sorted(obs_sync.list_files(target)) if obs_sync.exists(target) else ()
+        retries = _sync_options(cfg)["retries"]
+        done = (sorted(obs_sync.list_files(target, retries=retries))
+                if obs_sync.exists(target, retries=retries) else ())
     else:
         out_dir = target
     report = recipe_cls.preprocess(cfg, raw_dir, out_dir, done=done)
