@@ -137,6 +137,14 @@ class Recipe(abc.ABC):
                 "total_parameters": int(sum(counts.values()))}
 
     @classmethod
+    def check_config(cls, checks) -> None:
+        """Model-specific value checks, run by `src.checks.check_values` before anything is
+        staged (also for --task plan): record problems on `checks` (a `src.checks.Checks`:
+        `checks.cfg`, `checks.for_tasks(...)`, `checks.number/multiple/require(...)`). Runs
+        without MindSpore: never import it here. Default: nothing to add."""
+        return None
+
+    @classmethod
     @abc.abstractmethod
     def synthesize(cls, cfg: dict, out_dir: str) -> dict:
         """--task synth: write the small synthetic data set the config reads; → summary."""
