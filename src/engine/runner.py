@@ -58,18 +58,49 @@ def run_task(task: str, cfg: dict, env, plan, job) -> int:
 
 
 def _synth(recipe_cls, cfg: dict, job) -> int:
+    """Write the synthetic set into a scratch folder, then to the destination, which must be
+    empty or hold only this model's earlier synthetic output (src/data/manifest.py): synth
+    never overwrites or mixes with data it did not write."""
     import obs_sync
+    from src.data import manifest as mf
 
     target = cfg.get("synth", {}).get("output_url") or cfg["data_url"]
     if not target:
         raise UserError("--task=synth needs a destination: set --data_url (or --synth.output_url)")
-    local = target if not obs_sync.is_remote(target) else os.path.join(job.scratch_dir, "synth")
+    model = cfg["model"]
     started = time.time()
+    listing = obs_sync.list_files(target)
+    fetched = mf.fetch(target, mf.SYNTH_MANIFEST, job.scratch_dir, listing, _sync_options(cfg))
+    previous = mf.read_synth_manifest(fetched)
+    mf.check_synth_destination(target, model, listing, previous)  # before anything is written
+
+    local = os.path.join(job.scratch_dir, "synth")
     summary = recipe_cls.synthesize(cfg, local)
-    if local != target:
-        obs_sync.sync(local, target, **_sync_options(cfg))
+    written = {rel: e.size for rel, e in obs_sync.list_local_dir(local).items()
+               if rel != mf.SYNTH_MANIFEST}
+    # Files of our earlier run this one did not rewrite (e.g. fewer scenes now): removed from a
+    # local destination; a remote one keeps them (no deletes there), still listed as ours.
+    stale = sorted(rel for rel in (previous or {}).get("files", {})
+                   if rel in listing and rel not in written)
+    files = dict(written)
+    if stale and not obs_sync.is_remote(target):
+        for rel in stale:
+            os.remove(mf.join_url(target, rel))
+        log.info("removed %d file(s) of the earlier synthetic set that this run does not "
+                 "write, e.g. %s", len(stale), stale[0])
+    elif stale:
+        files.update({rel: previous["files"][rel] for rel in stale})
+        log.warning("%d file(s) of the earlier synthetic set at %s are not part of this one and "
+                    "stay there (e.g. %s); use an empty destination for an exact set",
+                    len(stale), target, stale[0])
+    path = mf.write_synth_manifest(os.path.join(local, mf.SYNTH_MANIFEST), mf.synth_manifest(
+        model, files, summary, cfg.get("synth", {})))
+    # The manifest goes first: an upload cut short leaves only files it already claims.
+    obs_sync.sync(path, mf.join_url(target, mf.SYNTH_MANIFEST), incremental=False,
+                  **_sync_options(cfg))
+    obs_sync.sync(local, target, exclude=(mf.SYNTH_MANIFEST,), **_sync_options(cfg))
     log.info("synthetic data for %s written to %s in %.1f s: %s",
-             cfg["model"], target, time.time() - started, summary)
+             model, target, time.time() - started, summary)
     job.update_run(synth=summary)
     return 0
 
