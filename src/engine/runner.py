@@ -114,18 +114,31 @@ def _preprocess(recipe_cls, cfg: dict, job) -> int:
         raise UserError("--task=preprocess reads raw files from --preprocess.raw_url: set it")
     if not target:
         raise UserError("--task=preprocess writes to --data_url: set it")
+    from src.data import manifest as mf
+
     raw_dir = job.stage(raw_url, "raw")
-    done = ()
+    done: dict = {}
     if obs_sync.is_remote(target):
         out_dir = os.path.join(job.scratch_dir, "preprocessed")
         os.makedirs(out_dir, exist_ok=True)
-        # Skip what the destination already holds from its listing: no download of the set.
-        done = sorted(obs_sync.list_files(target)) if obs_sync.exists(target) else ()
+        # Skip what the destination already holds from its listing, no download of the set:
+        # a listed file counts as done only at the size the destination's manifest recorded
+        # when it was complete (the manifest is fetched into out_dir, where preprocess reads
+        # and extends it).
+        listing = obs_sync.list_files(target)
+        if mf.fetch(target, mf.PREPROCESS_MANIFEST, out_dir, listing, _sync_options(cfg)):
+            done = mf.listed_sizes(target, listing, mf.FileLog(out_dir).sizes)
+        else:
+            done = {rel: None for rel in listing}   # named, never trusted without sizes
     else:
-        out_dir = target
+        out_dir = target  # local outputs are opened and checked (validate_h5) instead
     report = recipe_cls.preprocess(cfg, raw_dir, out_dir, done=done)
     if out_dir != target:
-        obs_sync.sync(out_dir, target, **_sync_options(cfg))
+        # The manifest last: it then claims only files already uploaded.
+        obs_sync.sync(out_dir, target, exclude=(mf.PREPROCESS_MANIFEST,), **_sync_options(cfg))
+        obs_sync.sync(os.path.join(out_dir, mf.PREPROCESS_MANIFEST),
+                      mf.join_url(target, mf.PREPROCESS_MANIFEST), incremental=False,
+                      **_sync_options(cfg))
     job.update_run(preprocess=report)
     failed = report.get("failed") or []
     if failed:

@@ -151,8 +151,10 @@ class Recipe(abc.ABC):
 
     @classmethod
     def preprocess(cls, cfg: dict, data_dir: str, out_dir: str, done=()) -> dict:
-        """Convert data_dir into out_dir; `done` lists relative outputs that already exist at
-        the destination (so they are skipped without being downloaded)."""
+        """Convert data_dir into out_dir; `done` maps relative outputs that exist at a remote
+        destination to their listed sizes (None: unknown), so complete ones are skipped
+        without being downloaded (src/data/manifest.py: PREPROCESSED.jsonl in out_dir says
+        which sizes are complete)."""
         raise UserError("model %r has no preprocess task; run --task train (or synth) instead"
                         % cls.name)
 
