@@ -109,6 +109,8 @@ def main(argv=None) -> int:
         console = sys.stderr if inv.task == "plan" else None
         setup_console(0, console)
         cfg = load_config(inv.config, inv.overrides)
+        from src.checks import check_values
+        check_values(cfg, inv.task)  # ranges, before any staging or MindSpore import
         env = detect_environment(os.environ, platform=cfg["platform"],
                                  device_target=cfg["device_target"],
                                  rank_table_timeout=cfg["rank_table_timeout"])

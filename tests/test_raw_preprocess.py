@@ -11,6 +11,7 @@ import pytest
 import rawpy
 
 from src.data import raw_preprocess as rp
+from src.data.manifest import PREPROCESS_MANIFEST, FileLog
 from src.data.synth_raw import synthesize_sid, write_dng
 from src.errors import UserError
 
@@ -132,10 +133,19 @@ def test_preprocess_converts_skips_and_matches_rawpy(raw_set, tmp_path):
 
     again = rp.preprocess_raws(raw_set, out, workers=2)
     assert again["converted"] == 0 and again["skipped"] == 9 and again["list_files"] == []
-    # Outputs known to exist elsewhere (listed at data_url) are skipped without a local copy.
-    listed = [rp.output_name(r) for r in raws]
-    elsewhere = rp.preprocess_raws(raw_set, str(tmp_path / "other"), workers=0, done=listed)
+    assert again["redone"] == []
+    # Outputs listed at a remote data_url are skipped without a local copy when their listed
+    # size is the one the manifest recorded (the runner fetches the manifest into out_dir).
+    log = FileLog(out)
+    assert sorted(log.sizes) == sorted(rp.output_name(r) for r in raws)
+    listed = {rel: os.path.getsize(os.path.join(out, rel)) for rel in log.sizes}
+    assert log.sizes == listed
+    other = tmp_path / "other"
+    other.mkdir()
+    shutil.copy(log.path, str(other))
+    elsewhere = rp.preprocess_raws(raw_set, str(other), workers=0, done=listed)
     assert elsewhere["converted"] == 0 and elsewhere["skipped"] == 9
+    assert FileLog(str(other)).sizes == listed  # the manifest still claims them all
 
 
 def test_truncated_raw_is_named_and_the_rest_converts(raw_set, tmp_path, caplog):
@@ -216,9 +226,92 @@ def test_start_py_preprocess_against_mock_obs(tmp_path):
     assert "0 converted, 12 skipped, 0 failed" in res.stdout + res.stderr
     assert not list((tmp_path / "cache2").rglob("*.h5")), "the HDF5 set was downloaded again"
 
+    assert (bucket / "hdf5" / PREPROCESS_MANIFEST).is_file()
+
+    # An HDF5 file at data_url truncated (a copy cut short): re-run on a fresh machine, it is
+    # rebuilt from the listing alone (its size is not the recorded one), and valid.
+    victim = bucket / "hdf5" / "Sony" / "long" / "00001_00_10s.h5"
+    good = victim.read_bytes()
+    victim.write_bytes(good[:len(good) // 2])
+    res = start(fresh + ["--cache_dir=%s" % (tmp_path / "cache3"), "--task=preprocess"], env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "1 converted, 11 skipped, 0 failed" in res.stdout + res.stderr
+    assert rp.validate_h5(str(victim)) is None and victim.stat().st_size == len(good)
+
     bad = bucket / "raw" / "Sony" / "short" / "00002_00_0.04s.dng"
     bad.write_bytes(bad.read_bytes()[:1000])
     (bucket / "hdf5" / "Sony" / "short" / "00002_00_0.04s.h5").unlink()
     res = start(common + ["--task=preprocess"], env)
     assert res.returncode == 1
     assert "Sony/short/00002_00_0.04s.dng" in res.stderr + res.stdout
+
+
+def test_listed_files_are_trusted_only_at_their_recorded_size(raw_set, tmp_path):
+    out = tmp_path / "h5"
+    rp.preprocess_raws(raw_set, str(out), workers=0)
+    sizes = FileLog(str(out)).sizes
+    remote = tmp_path / "remote_view"   # what the runner has for a remote data_url
+    remote.mkdir()
+    shutil.copy(str(out / PREPROCESS_MANIFEST), str(remote))
+    truncated = "Sony/long/00001_00_10s.h5"
+    listed = dict(sizes)
+    listed[truncated] = sizes[truncated] // 2          # a truncated upload, as listed
+    unrecorded = "Sony/short/00001_00_0.1s.h5"
+    log = FileLog(str(remote))
+    log.rewrite({k: v for k, v in sizes.items() if k != unrecorded})
+    report = rp.preprocess_raws(raw_set, str(remote), workers=0, done=listed)
+    assert report["redone"] == sorted([truncated, unrecorded])
+    assert report["converted"] == 2 and report["skipped"] == 7
+    assert rp.validate_h5(str(remote / truncated)) is None
+    assert FileLog(str(remote)).sizes == sizes
+    # Names without sizes (a listing from before manifests) are never trusted.
+    bare = tmp_path / "bare"
+    report = rp.preprocess_raws(raw_set, str(bare), workers=0, done=sorted(sizes))
+    assert report["converted"] == 9 and report["skipped"] == 0
+
+
+def test_a_truncated_local_output_is_rebuilt_on_rerun(raw_set, tmp_path, caplog):
+    out = tmp_path / "h5"
+    rp.preprocess_raws(raw_set, str(out), workers=0)
+    victim = out / "Sony" / "long" / "00001_00_10s.h5"
+    good_size = victim.stat().st_size
+    data = victim.read_bytes()
+    victim.write_bytes(data[:len(data) // 2])
+    assert "truncated" in rp.validate_h5(str(victim))
+    report = rp.preprocess_raws(raw_set, str(out), workers=0)
+    assert report["converted"] == 1 and report["skipped"] == 8
+    assert report["redone"] == ["Sony/long/00001_00_10s.h5"]
+    assert "Sony/long/00001_00_10s.h5 (" in caplog.text and "truncated" in caplog.text
+    assert rp.validate_h5(str(victim)) is None and victim.stat().st_size == good_size
+    assert FileLog(str(out)).sizes["Sony/long/00001_00_10s.h5"] == good_size
+
+
+def test_validate_h5_finds_what_is_missing(raw_set, tmp_path):
+    out = tmp_path / "h5"
+    rp.preprocess_raws(raw_set, str(out), workers=0)
+    gt = out / "Sony" / "long" / "00001_00_10s.h5"
+    short = out / "Sony" / "short" / "00001_00_0.1s.h5"
+    assert rp.validate_h5(str(gt)) is None and rp.validate_h5(str(short)) is None
+    with h5py.File(str(short), "a") as f:
+        del f.attrs["black_level"]
+    assert rp.validate_h5(str(short)) == "attribute black_level missing"
+    with h5py.File(str(gt), "a") as f:
+        del f["rgb"]
+    assert "no dataset rgb" in rp.validate_h5(str(gt))
+    other = tmp_path / "x.h5"
+    other.write_bytes(b"not hdf5 at all")
+    assert rp.validate_h5(str(other)) == "not an HDF5 file"
+    assert "unreadable" in rp.validate_h5(str(tmp_path / "missing.h5"))
+    assert not rp.is_complete(str(other))
+
+
+def test_manifest_survives_a_torn_line(tmp_path):
+    log = FileLog(str(tmp_path))
+    log.record("a.h5", 10)
+    log.record("b.h5", 20)
+    log.record("a.h5", 11)
+    with open(log.path, "a") as f:
+        f.write('{"file": "c.h5", "si')  # interrupted mid-line
+    assert FileLog(str(tmp_path)).sizes == {"a.h5": 11, "b.h5": 20}
+    log.rewrite({"b.h5": 20})
+    assert FileLog(str(tmp_path)).sizes == {"b.h5": 20}

@@ -6,7 +6,8 @@ its (seed, epoch, index) rng, never on thread timing."""
 from __future__ import annotations
 
 import os
-from typing import List, Sequence, Tuple
+import zlib
+from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -24,7 +25,9 @@ def _cv2():
 
 def read_image(path: str) -> np.ndarray:
     """8/16-bit PNG/JPG/BMP/TIFF → HWC float32 RGB in [0, 1]. Gray images become 3 channels and
-    alpha is dropped. A missing, empty or undecodable file raises UserError naming it."""
+    alpha is dropped. A missing, empty, truncated, corrupt or undecodable file raises UserError
+    naming it: the bytes pass `check_image_bytes` before decoding and the decoded size must be
+    the one the header declares, so damaged files are refused, never trained on."""
     cv2 = _cv2()
     if not os.path.isfile(path):
         raise UserError("image not found: %s (check the data set layout under data_url)" % path)
@@ -34,10 +37,15 @@ def read_image(path: str) -> np.ndarray:
         raw = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise UserError("cannot read image %s: %s" % (path, exc)) from exc
+    declared = check_image_bytes(raw, path)
     img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
     if img is None:
         raise UserError("cannot decode image %s (%d bytes): corrupt, truncated or not an image; "
                         "re-upload or delete it" % (path, raw.size))
+    if declared is not None and img.shape[:2] not in (declared, declared[::-1]):
+        raise UserError("image %s decoded to %dx%d but its header says %dx%d: corrupt file; "
+                        "re-upload or delete it" % (path, img.shape[0], img.shape[1],
+                                                    declared[0], declared[1]))
     if img.dtype == np.uint8:
         scale = 255.0
     elif img.dtype == np.uint16:
@@ -59,6 +67,124 @@ def read_image(path: str) -> np.ndarray:
     if scale != 1.0:
         out *= np.float32(1.0 / scale)
     return out
+
+
+# --- structural checks -------------------------------------------------------------------------
+# OpenCV decodes a JPEG cut in half without an error (libjpeg fills the missing rows with gray
+# and OpenCV 4.10 does not even print libjpeg's warning), and what a decoder tolerates varies
+# with its version. So the container structure is checked before decoding: a JPEG's markers
+# must lead, segment by segment, to its end-of-image marker; a PNG's chunks must all have
+# their CRC and end with IEND. Both are linear scans (numpy / zlib), about 1-5% of the
+# decoding time (measured in tests/test_images.py::test_check_cost_is_small).
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+# JPEG start-of-frame markers (SOF0-3, 5-7, 9-11, 13-15): they carry the image size.
+_JPEG_SOF = frozenset(range(0xC0, 0xD0)) - {0xC4, 0xC8, 0xCC}
+
+
+class CorruptImage(UserError):
+    """An image file whose bytes are damaged (truncated, a bad checksum, a broken structure)."""
+
+
+def _corrupt(path: str, what: str) -> CorruptImage:
+    return CorruptImage("corrupt image %s: %s; re-upload or delete it" % (path, what))
+
+
+def check_image_bytes(raw, path: str = "image") -> Optional[Tuple[int, int]]:
+    """Check the structure of an encoded JPEG or PNG (other formats pass through; a BMP or
+    WebP only needs its declared length). Returns the (height, width) the header declares, or
+    None when the format is not one checked here. Raises CorruptImage naming `path`."""
+    data = np.frombuffer(raw, dtype=np.uint8) if not isinstance(raw, np.ndarray) else raw
+    head = data[:12].tobytes()
+    if head[:3] == b"\xff\xd8\xff":
+        return _check_jpeg(data, path)
+    if head[:8] == _PNG_SIGNATURE:
+        return _check_png(data, path)
+    if head[:2] == b"BM" and data.size >= 6:
+        declared = int.from_bytes(head[2:6], "little")
+        if declared and data.size < declared:
+            raise _corrupt(path, "BMP truncated (%d of %d bytes)" % (data.size, declared))
+    elif head[:4] == b"RIFF" and head[8:12] == b"WEBP":
+        declared = int.from_bytes(head[4:8], "little") + 8
+        if data.size < declared:
+            raise _corrupt(path, "WebP truncated (%d of %d bytes)" % (data.size, declared))
+    return None
+
+
+def _check_jpeg(data: np.ndarray, path: str) -> Tuple[int, int]:
+    n = int(data.size)
+    # Every place a marker can start inside entropy-coded data: 0xFF followed by neither a
+    # stuffed 0x00, a fill 0xFF nor a restart marker (RST0-7 sit inside the scan).
+    ff = np.flatnonzero(data[:-1] == 0xFF)
+    following = data[ff + 1]
+    markers = ff[(following != 0x00) & (following != 0xFF)
+                 & ((following < 0xD0) | (following > 0xD7))]
+    buf = memoryview(data)
+    pos, size, scans = 2, None, 0
+    while True:
+        if pos >= n - 1:
+            raise _corrupt(path, "JPEG truncated: %d bytes, no end-of-image marker (FF D9)" % n)
+        if buf[pos] != 0xFF:
+            raise _corrupt(path, "JPEG structure broken at byte %d (expected a marker)" % pos)
+        while pos < n - 1 and buf[pos + 1] == 0xFF:  # fill bytes before a marker
+            pos += 1
+        marker = buf[pos + 1]
+        pos += 2
+        if marker == 0xD9:
+            break
+        if 0xD0 <= marker <= 0xD7 or marker == 0x01:  # RSTn / TEM: no length
+            continue
+        if pos + 2 > n:
+            raise _corrupt(path, "JPEG truncated inside a segment header at byte %d" % pos)
+        length = (buf[pos] << 8) | buf[pos + 1]
+        if length < 2 or pos + length > n:
+            raise _corrupt(path, "JPEG truncated: segment FF%02X at byte %d needs %d bytes, "
+                                 "the file has %d" % (marker, pos - 2, length, n - pos))
+        if marker in _JPEG_SOF and length >= 7:
+            size = ((buf[pos + 3] << 8) | buf[pos + 4], (buf[pos + 5] << 8) | buf[pos + 6])
+        pos += length
+        if marker == 0xDA:  # start of scan: entropy-coded data runs to the next marker
+            scans += 1
+            k = int(np.searchsorted(markers, pos))
+            if k == len(markers):
+                raise _corrupt(path, "JPEG truncated: %d bytes, the image data has no end "
+                                     "(no end-of-image marker FF D9)" % n)
+            pos = int(markers[k])
+    if size is None or scans == 0:
+        raise _corrupt(path, "JPEG has no %s" % ("frame header" if size is None else "image data"))
+    # Bytes after the end-of-image marker (camera trailers, padding) are ignored by decoders.
+    return size
+
+
+def _check_png(data: np.ndarray, path: str) -> Tuple[int, int]:
+    n = int(data.size)
+    buf = memoryview(data)
+    pos, size, idat = 8, None, False
+    while True:
+        if pos + 12 > n:
+            raise _corrupt(path, "PNG truncated: %d bytes, no IEND chunk" % n)
+        length = int.from_bytes(buf[pos:pos + 4], "big")
+        ctype = bytes(buf[pos + 4:pos + 8])
+        end = pos + 8 + length
+        if length > 0x7FFFFFFF or end + 4 > n:
+            raise _corrupt(path, "PNG truncated: chunk %r at byte %d needs %d bytes, the file "
+                                 "has %d" % (ctype.decode("latin-1"), pos, length + 12, n - pos))
+        crc = int.from_bytes(buf[end:end + 4], "big")
+        if zlib.crc32(buf[pos + 4:end]) != crc:
+            raise _corrupt(path, "PNG chunk %r at byte %d fails its CRC check"
+                           % (ctype.decode("latin-1"), pos))
+        if pos == 8:
+            if ctype != b"IHDR" or length < 8:
+                raise _corrupt(path, "PNG does not start with an IHDR chunk")
+            size = (int.from_bytes(buf[pos + 12:pos + 16], "big"),
+                    int.from_bytes(buf[pos + 8:pos + 12], "big"))
+        idat = idat or ctype == b"IDAT"
+        pos = end + 4
+        if ctype == b"IEND":
+            break
+    if not idat:
+        raise _corrupt(path, "PNG has no image data (IDAT)")
+    return size
 
 
 def save_png(path: str, hwc: np.ndarray) -> str:

@@ -30,8 +30,11 @@ ground truth + one 0.1 s input) on 2 shared CPU cores: none 102 + 25.5 MB, 1.6 s
 75 ms. LZF halves what every job stages from OBS (≈45 GB instead of ≈92 GB for SID Sony) and
 its sample time stays far below a training step.
 
-Writes are atomic (temporary file, then rename), so an interrupted run leaves no half file and
-a re-run skips what exists. A raw LibRaw cannot decode (truncated, corrupt, not Bayer) is logged
+Writes are atomic (temporary file, then rename), so an interrupted run leaves no half file, and
+a re-run skips what is complete: a local output is opened and checked (validate_h5: a file
+truncated or damaged later, e.g. by a copy cut short, is converted again); an output at a remote
+data_url is judged from the listing alone, by the size the manifest PREPROCESSED.jsonl recorded
+when it was written (src/data/manifest.py). A raw LibRaw cannot decode (truncated, corrupt, not Bayer) is logged
 by name, skipped and listed in the report's `failed`; the runner turns failures into a non-zero
 exit status."""
 from __future__ import annotations
@@ -47,7 +50,7 @@ import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from concurrent.futures.process import BrokenProcessPool
-from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
+from typing import Callable, Dict, Iterable, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
@@ -220,14 +223,57 @@ def output_name(rel_path: str) -> str:
     return os.path.splitext(rel_path)[0] + ".h5"
 
 
-def is_complete(path: str) -> bool:
-    """An output exists and starts like an HDF5 file. Writes are atomic, so a file under its
-    final name is complete; the signature check catches a foreign or emptied file."""
+#: Attributes convert_raw writes on every file.
+REQUIRED_ATTRS = ("format", "version", "source", "cfa", "planes", "black_level", "white_level",
+                  "exposure_time", "exposure_source", "camera_wb", "rgb_cam", "iso",
+                  "ground_truth")
+
+
+def validate_h5(path: str) -> Optional[str]:
+    """None when `path` is a complete output of this converter, else why not ('truncated
+    file...', 'no dataset rgb', ...). Opening checks the file's recorded end against its size
+    (HDF5 refuses a truncated file); then the attributes and datasets convert_raw writes, and
+    the last chunk of each dataset is read: ~4 ms for a Sony-sized pair, no full read."""
     try:
         with open(path, "rb") as f:
-            return f.read(8) == HDF5_SIGNATURE
-    except OSError:
-        return False
+            if f.read(8) != HDF5_SIGNATURE:
+                return "not an HDF5 file"
+    except OSError as exc:
+        return "unreadable: %s" % exc
+    import h5py
+
+    try:
+        with h5py.File(path, "r") as f:
+            attrs = f.attrs
+            missing = [a for a in REQUIRED_ATTRS if a not in attrs]
+            if missing:
+                return "attribute %s missing" % missing[0]
+            if attrs["format"] != FORMAT or int(attrs["version"]) != FORMAT_VERSION:
+                return "format %r version %r, expected %r %d" % (
+                    attrs["format"], attrs["version"], FORMAT, FORMAT_VERSION)
+            if "raw" not in f:
+                return "no dataset raw"
+            raw = f["raw"]
+            if raw.dtype != np.uint16 or raw.ndim != 3 or raw.shape[0] != 4 or 0 in raw.shape:
+                return "dataset raw is %s %s, expected uint16 (4, H, W)" % (raw.dtype, raw.shape)
+            raw[:, -1, -1]
+            if bool(attrs["ground_truth"]):
+                if "rgb" not in f:
+                    return "no dataset rgb (ground truth)"
+                rgb = f["rgb"]
+                want = (3, 2 * raw.shape[1], 2 * raw.shape[2])
+                if rgb.dtype != np.uint16 or rgb.shape != want:
+                    return "dataset rgb is %s %s, expected uint16 %s" % (rgb.dtype, rgb.shape,
+                                                                       want)
+                rgb[:, -1, -1]
+    except Exception as exc:  # h5py raises OSError, KeyError, ValueError... for damaged files
+        return _one_line(exc)
+    return None
+
+
+def is_complete(path: str) -> bool:
+    """An output exists and is complete (validate_h5 finds nothing wrong with it)."""
+    return validate_h5(path) is None
 
 
 def convert_raw(src: str, dst: str, *, ground_truth: bool, compression: str = "lzf",
@@ -453,17 +499,25 @@ def _same_bytes(a: str, b: str) -> bool:
 
 def preprocess_raws(raw_dir: str, out_dir: str, *, workers: Optional[int] = None,
                     gt_dirs: Sequence[str] = ("long",), compression: str = "lzf",
-                    extensions: Sequence[str] = RAW_EXTENSIONS, done: Iterable[str] = (),
+                    extensions: Sequence[str] = RAW_EXTENSIONS,
+                    done: Union[Mapping[str, Optional[int]], Iterable[str]] = (),
                     log_every: float = 30.0) -> dict:
     """Convert every raw under raw_dir to `<out_dir>/<same path>.h5` (see the module docstring).
 
-    workers: processes decoding in parallel (None: one per CPU; 0: in this process). Files that
-    already exist in out_dir are skipped, so an interrupted run resumes; `done` names more
-    outputs (relative .h5 paths) known to exist elsewhere, e.g. listed at data_url, so a caller
-    need not download them to skip them. Returns
-    {converted, skipped, failed: [names], errors: {name: message}, list_files, seconds,
-    files_per_second, workers, bytes_written, peak_rss_mb (this process + workers, sampled;
-    None without psutil), peak_worker_rss_mb}."""
+    workers: processes decoding in parallel (None: one per CPU; 0: in this process). An output
+    already in out_dir is skipped when validate_h5 finds it complete (else it is converted
+    again), so an interrupted run resumes. `done` maps outputs (relative .h5 paths) that exist
+    elsewhere, e.g. listed at a remote data_url, to their listed sizes: one is skipped without a
+    local copy only when the manifest in out_dir (PREPROCESSED.jsonl, see src/data/manifest.py;
+    the caller fetches the destination's) records that very size; bare names (no sizes) are
+    never trusted. The manifest gets a line as each output completes and is rewritten at the
+    end with the outputs known complete. Returns
+    {converted, skipped, redone: [outputs found incomplete], failed: [names],
+    errors: {name: message}, list_files, manifest, seconds, files_per_second, workers,
+    bytes_written, peak_rss_mb (this process + workers, sampled; None without psutil),
+    peak_worker_rss_mb}."""
+    from src.data.manifest import FileLog
+
     if not os.path.isdir(raw_dir):
         raise UserError("preprocess: raw folder %s does not exist (check preprocess.raw_url)"
                         % raw_dir)
@@ -485,29 +539,59 @@ def preprocess_raws(raw_dir: str, out_dir: str, *, workers: Optional[int] = None
                            raw_dir))
     lists = copy_list_files(raw_dir, out_dir)
 
-    done = {d.replace("\\", "/") for d in done}
+    listed: Dict[str, Optional[int]] = (
+        {k.replace("\\", "/"): v for k, v in done.items()} if isinstance(done, Mapping)
+        else {d.replace("\\", "/"): None for d in done})
+    manifest = FileLog(out_dir)
+    recorded = dict(manifest.sizes)
+    complete: Dict[str, int] = {}   # output → size, known complete (the final manifest)
     errors: Dict[str, str] = {}
     by_output: Dict[str, str] = {}
     tasks = []
+    redone: List[str] = []
     skipped = 0
     for rel in rels:
-        out_rel = output_name(rel)
+        out_rel = output_name(rel).replace("\\", "/")
         if out_rel in by_output:
             errors[rel] = "same output %s as %s: rename one of them" % (out_rel, by_output[out_rel])
             continue
         by_output[out_rel] = rel
         dst = os.path.join(out_dir, out_rel)
-        if out_rel.replace("\\", "/") in done or is_complete(dst):
+        size = listed.get(out_rel)
+        if size is not None and recorded.get(out_rel) == size:
+            complete[out_rel] = size
             skipped += 1
             continue
+        if os.path.exists(dst):
+            problem = validate_h5(dst)
+            if problem is None:
+                complete[out_rel] = os.path.getsize(dst)
+                skipped += 1
+                continue
+            redone.append("%s (%s)" % (out_rel, problem))
+        elif out_rel in listed:
+            redone.append("%s (at the destination %s)" % (
+                out_rel, "with another size than recorded when it was written"
+                if out_rel in recorded else "but no manifest records it complete"))
         tasks.append((os.path.join(raw_dir, rel), dst, wants_ground_truth(rel, gt_dirs),
                       compression, rel))
+    if redone:
+        log.warning("%d existing output(s) are incomplete or unverified and are converted again: "
+                    "%s%s", len(redone), "; ".join(redone[:5]), "; ..." if len(redone) > 5 else "")
+        for line in redone[5:]:
+            log.debug("converting again: %s", line)
     log.info("preprocess %s → %s: %d raw file(s), %d already converted, %d to convert with %s",
              raw_dir, out_dir, len(rels), skipped, len(tasks),
              "%d worker(s)" % workers if workers else "no worker processes")
 
+    def finished(result: dict) -> None:
+        if "error" not in result:  # the file is complete under its final name: record it
+            out_rel = output_name(result["name"]).replace("\\", "/")
+            manifest.record(out_rel, result["bytes"])
+            complete[out_rel] = result["bytes"]
+
     results: List[dict] = []
-    progress = _Progress(len(tasks), log_every)
+    progress = _Progress(len(tasks), log_every, finished)
     with _PeakRSS() as rss:
         if workers == 0 or not tasks:
             for task in tasks:
@@ -521,15 +605,19 @@ def preprocess_raws(raw_dir: str, out_dir: str, *, workers: Optional[int] = None
     for name in sorted(errors):
         log.error("cannot convert %s: %s", name, errors[name])
     converted = [r for r in results if "error" not in r]
+    # Exactly the outputs known complete now: a failed or vanished file is not claimed.
+    manifest.rewrite(complete)
     seconds = time.time() - started
     import resource
 
     report = {
         "converted": len(converted),
         "skipped": skipped,
+        "redone": sorted(r.split(" (", 1)[0] for r in redone),
         "failed": sorted(errors),
         "errors": {k: errors[k] for k in sorted(errors)},
         "list_files": lists,
+        "manifest": os.path.basename(manifest.path),
         "seconds": round(seconds, 3),
         "files_per_second": round(len(converted) / seconds, 3) if converted and seconds else 0.0,
         "workers": workers,
@@ -544,12 +632,16 @@ def preprocess_raws(raw_dir: str, out_dir: str, *, workers: Optional[int] = None
 
 
 class _Progress:
-    def __init__(self, total: int, every: float):
+    def __init__(self, total: int, every: float,
+                 on_result: Optional[Callable[[dict], None]] = None):
         self.total, self.every = total, every
+        self.on_result = on_result
         self.done = 0
         self.started = self.last = time.time()
 
     def tick(self, result: dict) -> None:
+        if self.on_result is not None:
+            self.on_result(result)
         self.done += 1
         now = time.time()
         if now - self.last >= self.every or self.done == self.total:

@@ -60,18 +60,49 @@ def run_task(task: str, cfg: dict, env, plan, job) -> int:
 
 
 def _synth(recipe_cls, cfg: dict, job) -> int:
+    """Write the synthetic set into a scratch folder, then to the destination, which must be
+    empty or hold only this model's earlier synthetic output (src/data/manifest.py): synth
+    never overwrites or mixes with data it did not write."""
     import obs_sync
+    from src.data import manifest as mf
 
     target = cfg.get("synth", {}).get("output_url") or cfg["data_url"]
     if not target:
         raise UserError("--task=synth needs a destination: set --data_url (or --synth.output_url)")
-    local = target if not obs_sync.is_remote(target) else os.path.join(job.scratch_dir, "synth")
+    model = cfg["model"]
     started = time.time()
+    listing = obs_sync.list_files(target)
+    fetched = mf.fetch(target, mf.SYNTH_MANIFEST, job.scratch_dir, listing, _sync_options(cfg))
+    previous = mf.read_synth_manifest(fetched)
+    mf.check_synth_destination(target, model, listing, previous)  # before anything is written
+
+    local = os.path.join(job.scratch_dir, "synth")
     summary = recipe_cls.synthesize(cfg, local)
-    if local != target:
-        obs_sync.sync(local, target, **_sync_options(cfg))
+    written = {rel: e.size for rel, e in obs_sync.list_local_dir(local).items()
+               if rel != mf.SYNTH_MANIFEST}
+    # Files of our earlier run this one did not rewrite (e.g. fewer scenes now): removed from a
+    # local destination; a remote one keeps them (no deletes there), still listed as ours.
+    stale = sorted(rel for rel in (previous or {}).get("files", {})
+                   if rel in listing and rel not in written)
+    files = dict(written)
+    if stale and not obs_sync.is_remote(target):
+        for rel in stale:
+            os.remove(mf.join_url(target, rel))
+        log.info("removed %d file(s) of the earlier synthetic set that this run does not "
+                 "write, e.g. %s", len(stale), stale[0])
+    elif stale:
+        files.update({rel: previous["files"][rel] for rel in stale})
+        log.warning("%d file(s) of the earlier synthetic set at %s are not part of this one and "
+                    "stay there (e.g. %s); use an empty destination for an exact set",
+                    len(stale), target, stale[0])
+    path = mf.write_synth_manifest(os.path.join(local, mf.SYNTH_MANIFEST), mf.synth_manifest(
+        model, files, summary, cfg.get("synth", {})))
+    # The manifest goes first: an upload cut short leaves only files it already claims.
+    obs_sync.sync(path, mf.join_url(target, mf.SYNTH_MANIFEST), incremental=False,
+                  **_sync_options(cfg))
+    obs_sync.sync(local, target, exclude=(mf.SYNTH_MANIFEST,), **_sync_options(cfg))
     log.info("synthetic data for %s written to %s in %.1f s: %s",
-             cfg["model"], target, time.time() - started, summary)
+             model, target, time.time() - started, summary)
     job.update_run(synth=summary)
     return 0
 
@@ -85,20 +116,31 @@ def _preprocess(recipe_cls, cfg: dict, job) -> int:
         raise UserError("--task=preprocess reads raw files from --preprocess.raw_url: set it")
     if not target:
         raise UserError("--task=preprocess writes to --data_url: set it")
+    from src.data import manifest as mf
+
     raw_dir = job.stage(raw_url, "raw")
-    done = ()
+    done: dict = {}
     if obs_sync.is_remote(target):
         out_dir = os.path.join(job.scratch_dir, "preprocessed")
         os.makedirs(out_dir, exist_ok=True)
-        # Skip what the destination already holds from its listing: no download of the set.
-        retries = _sync_options(cfg)["retries"]
-        done = (sorted(obs_sync.list_files(target, retries=retries))
-                if obs_sync.exists(target, retries=retries) else ())
+        # Skip what the destination already holds from its listing, no download of the set:
+        # a listed file counts as done only at the size the destination's manifest recorded
+        # when it was complete (the manifest is fetched into out_dir, where preprocess reads
+        # and extends it).
+        listing = obs_sync.list_files(target, retries=_sync_options(cfg)["retries"])
+        if mf.fetch(target, mf.PREPROCESS_MANIFEST, out_dir, listing, _sync_options(cfg)):
+            done = mf.listed_sizes(target, listing, mf.FileLog(out_dir).sizes)
+        else:
+            done = {rel: None for rel in listing}   # named, never trusted without sizes
     else:
-        out_dir = target
+        out_dir = target  # local outputs are opened and checked (validate_h5) instead
     report = recipe_cls.preprocess(cfg, raw_dir, out_dir, done=done)
     if out_dir != target:
-        obs_sync.sync(out_dir, target, **_sync_options(cfg))
+        # The manifest last: it then claims only files already uploaded.
+        obs_sync.sync(out_dir, target, exclude=(mf.PREPROCESS_MANIFEST,), **_sync_options(cfg))
+        obs_sync.sync(os.path.join(out_dir, mf.PREPROCESS_MANIFEST),
+                      mf.join_url(target, mf.PREPROCESS_MANIFEST), incremental=False,
+                      **_sync_options(cfg))
     job.update_run(preprocess=report)
     failed = report.get("failed") or []
     if failed:

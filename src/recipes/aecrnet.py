@@ -13,6 +13,7 @@ from typing import Dict, List, Tuple
 
 import numpy as np
 
+from src.checks import is_int
 from src.errors import UserError
 from src.recipes.base import Recipe, RecipeContext, register_recipe
 
@@ -69,6 +70,9 @@ class AECRNetRecipe(Recipe):
             _multiple_of_4(crop, "data.train.crop")
         _multiple_of_4(cfg["eval"]["pad_multiple"], "eval.pad_multiple")
         neg_num = int(cfg["loss"]["neg_num"])
+        if int(cfg["data"]["batch_size"]) < 1:
+            # Checked first: a bad batch size must not be reported as a bad loss.neg_num.
+            raise UserError("data.batch_size=%r: must be >= 1" % (cfg["data"]["batch_size"],))
         if neg_num > int(cfg["data"]["batch_size"]):
             raise UserError("loss.neg_num=%d exceeds data.batch_size=%d: the extra negatives are "
                             "other hazy images of the same batch" % (neg_num,
@@ -177,6 +181,41 @@ class AECRNetRecipe(Recipe):
                      "neg_num": int(lc["neg_num"]),
                      "net_weights": self.cfg.get("net_weights", "") or "none (random init)"})
         return info
+
+    @classmethod
+    def check_config(cls, checks) -> None:
+        c = checks
+        why = "AECR-Net has two stride-2 stages"
+        if c.for_tasks("train", "eval", "export"):
+            # The recipe refuses these when it is built, whatever the task.
+            c.multiple("data.train.crop", 4, why, zero_ok=True)
+            c.multiple("eval.pad_multiple", 4, why)
+            if c.number("loss.neg_num", ge=0, integer=True, note="extra negatives per anchor"):
+                batch = c.get("data.batch_size")
+                if is_int(batch) and batch >= 1:
+                    c.require("loss.neg_num", c.get("loss.neg_num") <= batch,
+                              "<= data.batch_size=%d: the extra negatives are other hazy "
+                              "images of the same batch" % batch)
+            c.number("loss.l1_weight", ge=0)
+            c.number("loss.cr_weight", ge=0, note="0 = plain L1")
+            c.number("schedule.min_lr", ge=0)
+            steps = c.get("train.max_steps")
+            if is_int(steps) and steps >= 1:
+                c.number("schedule.warmup_steps", ge=0, lt=steps, integer=True,
+                         note="less than train.max_steps")
+            if c.get("net.type") == "AECRNet":
+                c.number("net.ngf", ge=1, integer=True)
+                c.number("net.num_blocks", ge=0, integer=True)
+                c.number("net.num_dcn", ge=0, integer=True)
+        if c.exporting:
+            c.multiple("export.height", 4, why)
+            c.multiple("export.width", 4, why)
+        if c.for_tasks("synth"):
+            c.number("synth.num_scenes", ge=1, integer=True)
+            c.number("synth.hazy_per_scene", ge=1, integer=True)
+            c.number("synth.num_val", ge=0, integer=True)
+            c.number("synth.height", ge=8, integer=True)
+            c.number("synth.width", ge=8, integer=True)
 
     @classmethod
     def synthesize(cls, cfg: dict, out_dir: str) -> dict:

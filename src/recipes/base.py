@@ -137,14 +137,24 @@ class Recipe(abc.ABC):
                 "total_parameters": int(sum(counts.values()))}
 
     @classmethod
+    def check_config(cls, checks) -> None:
+        """Model-specific value checks, run by `src.checks.check_values` before anything is
+        staged (also for --task plan): record problems on `checks` (a `src.checks.Checks`:
+        `checks.cfg`, `checks.for_tasks(...)`, `checks.number/multiple/require(...)`). Runs
+        without MindSpore: never import it here. Default: nothing to add."""
+        return None
+
+    @classmethod
     @abc.abstractmethod
     def synthesize(cls, cfg: dict, out_dir: str) -> dict:
         """--task synth: write the small synthetic data set the config reads; → summary."""
 
     @classmethod
     def preprocess(cls, cfg: dict, data_dir: str, out_dir: str, done=()) -> dict:
-        """Convert data_dir into out_dir; `done` lists relative outputs that already exist at
-        the destination (so they are skipped without being downloaded)."""
+        """Convert data_dir into out_dir; `done` maps relative outputs that exist at a remote
+        destination to their listed sizes (None: unknown), so complete ones are skipped
+        without being downloaded (src/data/manifest.py: PREPROCESSED.jsonl in out_dir says
+        which sizes are complete)."""
         raise UserError("model %r has no preprocess task; run --task train (or synth) instead"
                         % cls.name)
 

@@ -129,6 +129,40 @@ class LSIDRecipe(Recipe):
     # -- data tasks -------------------------------------------------------------------------
 
     @classmethod
+    def check_config(cls, checks) -> None:
+        c = checks
+        why = "the SID U-Net pools four times (packed pixels)"
+        if c.for_tasks("train", "eval", "export"):
+            # The recipe refuses these when it is built, whatever the task.
+            c.multiple("data.train.crop", SIZE_MULTIPLE, why)
+            c.multiple("eval.pad_multiple", SIZE_MULTIPLE, why)
+            c.number("schedule.decay_step", ge=0, integer=True, note="0 = half of train.max_steps")
+            c.number("schedule.decay_lr", gt=0, note="a learning rate")
+            if c.get("net.type") == "UNetSID":
+                c.number("net.base_channels", ge=1, integer=True)
+                c.number("net.block", ge=1, integer=True)
+        if c.for_tasks("train", "eval"):
+            for split in ("train", "val"):
+                c.number("data.%s.max_ratio" % split, gt=0)
+            c.number("data.val.crop", ge=0, integer=True, note="0 = full images")
+        if c.exporting:
+            c.multiple("export.height", SIZE_MULTIPLE, why)
+            c.multiple("export.width", SIZE_MULTIPLE, why)
+        if c.for_tasks("preprocess"):
+            c.number("preprocess.workers", ge=-1, integer=True,
+                     note="-1 = one per CPU, 0 = in the main process")
+        if c.for_tasks("synth"):
+            c.number("synth.num_scenes", ge=1, le=9999, integer=True)
+            c.number("synth.num_test_scenes", ge=0, le=9999, integer=True)
+            c.number("synth.num_val_scenes", ge=0, le=9999, integer=True)
+            for key in ("synth.height", "synth.width"):
+                if c.number(key, ge=32, integer=True, note="a Bayer mosaic LibRaw reads"):
+                    c.require(key, c.get(key) % 2 == 0, "even (a Bayer mosaic)")
+            c.number("synth.long_exposure", gt=0)
+            c.number("synth.frames", ge=1, le=100, integer=True)
+            c.number("synth.read_noise", ge=0)
+
+    @classmethod
     def synthesize(cls, cfg: dict, out_dir: str) -> dict:
         from src.data.synth_raw import synthesize_sid
 

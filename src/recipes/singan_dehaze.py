@@ -73,58 +73,101 @@ def linear_decay_lr(base: float, total_steps: int, constant_steps: int) -> List[
             for t in range(total)]
 
 
-def _check(cond: bool, key: str, value, want: str) -> None:
-    if not cond:
-        raise UserError("config %s = %r: %s" % (key, value, want))
+def discriminator_output_side(side: int, n_layers: int) -> int:
+    """Side of the PatchGAN's logit map for an input side (n_layers 4x4 stride-2 convs with
+    padding 1, then two 4x4 stride-1 ones): 256 → 30 at n_layers 3."""
+    for _ in range(int(n_layers)):
+        side = (side + 2 - 4) // 2 + 1
+    return side - 2
+
+
+def min_discriminator_side(n_layers: int) -> int:
+    """Smallest multiple of 4 the discriminator maps to at least one logit (24 at n_layers 3)."""
+    side = 4
+    while discriminator_output_side(side, n_layers) < 1:
+        side += 4
+    return side
+
+
+#: The generator's two stride-2 convs need sides divisible by 4 (else its output has another
+#: size than its input); its residual blocks reflect-pad by 1 at a quarter of the side, which
+#: needs at least 2 pixels there.
+G_MULTIPLE, G_MIN_SIDE = 4, 8
+
+
+def check_model(checks) -> None:
+    """Everything the recipe reads, as ranges and relations (types are the config schema's
+    job), recorded on a `src.checks.Checks`."""
+    from src.checks import is_int, is_number
+
+    c = checks
+    why = "the generator downsamples twice"
+    if c.for_tasks("train", "eval", "export"):
+        for name in ("gan", "nce", "perceptual", "mmd"):
+            c.number("loss.weights.%s" % name, ge=0, note="0 turns the term off")
+        layers = c.get("loss.nce.layers")
+        c.require("loss.nce.layers",
+                  isinstance(layers, list) and bool(layers)
+                  and all(is_int(i) and i >= 0 for i in layers) and layers == sorted(set(layers)),
+                  "strictly increasing generator layer indices >= 0, e.g. [0, 4, 8, 12, 16]")
+        c.number("loss.nce.num_patches", ge=1, integer=True)
+        c.number("loss.nce.tau", gt=0)
+        c.number("loss.nce.perturb", ge=0, lt=1, note="0 = plain CUT negatives")
+        c.number("loss.nce.mlp_dim", ge=1, integer=True)
+        per_layers = c.get("loss.perceptual.layers")
+        if c.require("loss.perceptual.layers",
+                     isinstance(per_layers, list) and bool(per_layers)
+                     and all(name in VGG_LAYERS for name in per_layers),
+                     "a list from %s" % ", ".join(VGG_LAYERS)):
+            weights = c.get("loss.perceptual.weights")
+            c.require("loss.perceptual.weights",
+                      isinstance(weights, list) and len(weights) == len(per_layers)
+                      and all(is_number(w) and w >= 0 for w in weights),
+                      "one weight >= 0 per layer of loss.perceptual.layers")
+        c.require("loss.perceptual.criterion", c.get("loss.perceptual.criterion")
+                  in ("mse", "l1"), "mse or l1")
+        c.require("loss.gan_mode", c.get("loss.gan_mode") in ("lsgan", "vanilla"),
+                  "lsgan (SinGAN-Dehaze) or vanilla")
+        c.require("loss.mmd.layer", c.get("loss.mmd.layer") in VGG_LAYERS,
+                  "one of %s" % ", ".join(VGG_LAYERS))
+        c.number("loss.mmd.num_samples", ge=2, integer=True)
+        c.number("loss.mmd.kernel_mul", gt=1)
+        c.number("loss.mmd.kernel_num", ge=1, integer=True)
+        c.number("loss.mmd.blur_sigma", gt=0)
+        c.number("schedule.constant_steps", ge=-1, integer=True,
+                 note="-1 = half of train.max_steps")
+        c.multiple("eval.pad_multiple", G_MULTIPLE, why)
+        if c.get("net.generator.type") == "ResnetGenerator":
+            c.number("net.generator.ngf", ge=1, integer=True)
+            c.number("net.generator.n_blocks", ge=0, integer=True)
+        if c.get("net.discriminator.type") == "NLayerDiscriminator":
+            c.number("net.discriminator.ndf", ge=1, integer=True)
+            c.number("net.discriminator.n_layers", ge=1, integer=True)
+    if c.for_tasks("train"):
+        n_layers = c.get("net.discriminator.n_layers")
+        n_layers = n_layers if is_int(n_layers) and n_layers >= 1 else 3
+        c.multiple("data.train.crop", G_MULTIPLE, "%s, and the %d-layer PatchGAN needs >= %d"
+                   % (why, n_layers, min_discriminator_side(n_layers)),
+                   minimum=max(G_MIN_SIDE, min_discriminator_side(n_layers)))
+    if c.exporting:
+        c.multiple("export.height", G_MULTIPLE, why, minimum=G_MIN_SIDE)
+        c.multiple("export.width", G_MULTIPLE, why, minimum=G_MIN_SIDE)
+    if c.for_tasks("synth"):
+        c.number("synth.num_hazy", ge=1, integer=True)
+        c.number("synth.num_clear", ge=1, integer=True)
+        c.number("synth.num_test", ge=0, integer=True)
+        c.number("synth.height", ge=8, integer=True)
+        c.number("synth.width", ge=8, integer=True)
 
 
 def validate_config(cfg: dict) -> None:
-    """Everything the recipe reads, checked before anything is built (types are the config
-    schema's job; these are the ranges and relations)."""
-    loss = cfg["loss"]
-    _check(loss["gan_mode"] in ("lsgan", "vanilla"), "loss.gan_mode", loss["gan_mode"],
-           "use lsgan (SinGAN-Dehaze) or vanilla")
-    for name in ("gan", "nce", "perceptual", "mmd"):
-        w = loss["weights"].get(name)
-        _check(isinstance(w, (int, float)) and not isinstance(w, bool) and w >= 0,
-               "loss.weights.%s" % name, w, "a number >= 0")
-    nce = loss["nce"]
-    layers = list(nce["layers"])
-    _check(bool(layers) and all(isinstance(i, int) and i >= 0 for i in layers)
-           and layers == sorted(set(layers)), "loss.nce.layers", layers,
-           "strictly increasing generator layer indices >= 0, e.g. [0, 4, 8, 12, 16]")
-    _check(int(nce["num_patches"]) >= 1, "loss.nce.num_patches", nce["num_patches"], ">= 1")
-    _check(float(nce["tau"]) > 0, "loss.nce.tau", nce["tau"], "> 0")
-    _check(0 <= float(nce["perturb"]) < 1, "loss.nce.perturb", nce["perturb"],
-           "in [0, 1) (0 = plain CUT negatives)")
-    _check(int(nce["mlp_dim"]) >= 1, "loss.nce.mlp_dim", nce["mlp_dim"], ">= 1")
-    per = loss["perceptual"]
-    _check(bool(per["layers"]) and all(name in VGG_LAYERS for name in per["layers"]),
-           "loss.perceptual.layers", per["layers"], "a list from %s" % ", ".join(VGG_LAYERS))
-    _check(len(per["weights"]) == len(per["layers"]), "loss.perceptual.weights",
-           per["weights"], "one weight per layer of loss.perceptual.layers")
-    _check(per["criterion"] in ("mse", "l1"), "loss.perceptual.criterion", per["criterion"],
-           "mse or l1")
-    mmd = loss["mmd"]
-    _check(mmd["layer"] in VGG_LAYERS, "loss.mmd.layer", mmd["layer"],
-           "one of %s" % ", ".join(VGG_LAYERS))
-    _check(int(mmd["num_samples"]) >= 2, "loss.mmd.num_samples", mmd["num_samples"], ">= 2")
-    _check(float(mmd["kernel_mul"]) > 1, "loss.mmd.kernel_mul", mmd["kernel_mul"], "> 1")
-    _check(int(mmd["kernel_num"]) >= 1, "loss.mmd.kernel_num", mmd["kernel_num"], ">= 1")
-    _check(float(mmd["blur_sigma"]) > 0, "loss.mmd.blur_sigma", mmd["blur_sigma"], "> 0")
-    for which in ("g", "d"):
-        o = cfg["optim"][which]
-        _check(float(o["lr"]) > 0, "optim.%s.lr" % which, o["lr"], "> 0")
-        for beta in ("beta1", "beta2"):
-            _check(0 <= float(o[beta]) < 1, "optim.%s.%s" % (which, beta), o[beta], "in [0, 1)")
-    steps = int(cfg["schedule"]["constant_steps"])
-    _check(steps >= -1, "schedule.constant_steps", steps,
-           ">= 0 steps, or -1 for half of train.max_steps")
-    _check(int(cfg["eval"]["pad_multiple"]) % 4 == 0, "eval.pad_multiple",
-           cfg["eval"]["pad_multiple"], "a multiple of 4 (the generator downsamples twice)")
-    exp = cfg["export"]
-    _check(int(exp["height"]) % 4 == 0 and int(exp["width"]) % 4 == 0, "export.height/width",
-           (exp["height"], exp["width"]), "multiples of 4")
+    """check_model for a training run, raising one UserError that lists every problem."""
+    from src.checks import Checks, check_optimizers
+
+    checks = Checks(cfg, "train")
+    check_model(checks)
+    check_optimizers(checks)
+    checks.raise_if_any()
 
 
 def _build_objectives():
@@ -354,6 +397,10 @@ class SinGANDehazeRecipe(Recipe):
         return info
 
     # -- synthetic data -------------------------------------------------------------------
+
+    @classmethod
+    def check_config(cls, checks) -> None:
+        check_model(checks)
 
     @classmethod
     def synthesize(cls, cfg: dict, out_dir: str) -> dict:
