@@ -57,7 +57,7 @@ import uuid
 from dataclasses import dataclass
 from typing import Callable, Dict, Iterable, Iterator, List, Mapping, NamedTuple, Optional, Tuple
 
-from src.errors import UserError
+from src.errors import UserError, disk_error
 
 log = logging.getLogger(__name__)
 
@@ -769,6 +769,8 @@ def with_retries(what: str, fn: Callable[[], object], retries: int, *,
         except _PERMANENT:
             raise
         except Exception as e:  # network errors, 5xx: worth another try
+            if isinstance(e, OSError) and e.errno in _LOCAL_ERRNOS:
+                raise  # a full or read-only local disk: retrying cannot help
             reason = _one_line(e if isinstance(e, TransientError)
                                else "%s: %s" % (type(e).__name__, e))
             if attempt >= retries:
@@ -784,6 +786,20 @@ def with_retries(what: str, fn: Callable[[], object], retries: int, *,
                         delay)
             _sleep(delay)
     raise AssertionError("unreachable")
+
+
+def _check_space(folder: str, needed: int) -> None:
+    """Refuse, before the first byte, a copy that cannot fit: one line with what is needed and
+    free, rather than a half-filled disk and an error from the middle of the copy."""
+    probe = folder
+    while probe and not os.path.exists(probe):
+        probe = os.path.dirname(probe)
+    try:
+        free = shutil.disk_usage(probe or os.sep).free
+    except OSError:
+        return
+    if needed > free:
+        raise disk_error(OSError(errno.ENOSPC, os.strerror(errno.ENOSPC)), folder, needed)
 
 
 def _count(name: str, value, minimum: int) -> int:
@@ -1033,6 +1049,8 @@ def _sync(s: Location, d: Location, store: _Store, threads: int, incremental: bo
         todo = [rel for rel in src_entries
                 if rel not in compare or not _is_newer_or_same(compare[rel], src_entries[rel])]
         skipped = len(src_entries) - len(todo)
+        if not d.remote:
+            _check_space(d.path, sum(src_entries[rel].size or 0 for rel in todo))
         if (be is not None and not dst_entries and todo and not exclude
                 and len(todo) == len(src_entries)):
             # Nothing at the destination: let the backend copy the folder its own way.

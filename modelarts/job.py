@@ -238,9 +238,9 @@ class Job:
             os.makedirs(self.output_dir, exist_ok=True)
             if self.is_node_main and self._output_is_staging_area():
                 self._clear_output_dir()
+            self._open_log()
         except OSError as err:
             reraise_disk_error(err, self.output_dir)
-        self._open_log()
         log.info("job %s: %s rank %d/%d (local %d/%d, node %d/%d), task %s, output %s%s",
                  self.env.job_id, self.env.platform, self.env.global_rank, self.env.world_size,
                  self.env.local_rank, self.env.local_world_size, self.env.node_rank,
