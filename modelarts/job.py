@@ -248,6 +248,8 @@ class Job:
                  " → " + self.upload_to if self.upload_to else "")
         if self.decision is not None:
             log.info("%s", self.decision.message)
+            if self.decision.checkpoint:
+                self.resume_from = self._fetch_resume_checkpoint(self.decision)
         if not self.is_main:
             return
         if self.upload_to:
@@ -256,8 +258,6 @@ class Job:
             log.log(logging.WARNING if self.task in ("train", "eval", "export") else logging.INFO,
                     "train_url is empty: outputs stay in %s only", self.output_dir)
         self._open_record()
-        if self.decision is not None and self.decision.checkpoint:
-            self.resume_from = self._fetch_resume_checkpoint(self.decision)
 
     def __exit__(self, exc_type, exc, tb) -> bool:
         # A second SIGTERM during the final upload must not cut it short: the platform's
@@ -563,14 +563,19 @@ class Job:
         local = os.path.join(self.output_dir, *rel.split("/"))
         pointer = (self._found_record or {}).get("checkpoint") or {}
         if self.upload_to:
-            wanted = [rel]
-            if run_record.BEST_NAME in self._list_checkpoints():
-                wanted.append(run_record.CKPT_DIR + "/" + run_record.BEST_NAME)
-            for item in wanted:
-                obs_sync.sync(remote_join(self.upload_to, item),
-                              os.path.join(self.output_dir, *item.split("/")),
-                              **self.sync_options)
-            log.info("fetched %s from %s", " and ".join(wanted), self.upload_to)
+            def fetch() -> dict:
+                wanted = [rel]
+                if run_record.BEST_NAME in self._list_checkpoints():
+                    wanted.append(run_record.CKPT_DIR + "/" + run_record.BEST_NAME)
+                for item in wanted:
+                    obs_sync.sync(remote_join(self.upload_to, item),
+                                  os.path.join(self.output_dir, *item.split("/")),
+                                  **self.sync_options)
+                log.info("fetched %s from %s", " and ".join(wanted), self.upload_to)
+                return {"files": wanted}
+
+            # Every rank restores the checkpoint; one copy per node.
+            self._staging.run("resume|%s|%s" % (self.upload_to, rel), rel, fetch)
         if not os.path.isfile(local):
             raise UserError("the run record in %s points to %s, which is not there: resume "
                             "from another checkpoint with --train.resume=<.ckpt path or URL>"
@@ -625,6 +630,8 @@ class Job:
 
     def _clear_output_dir(self) -> None:
         for name in os.listdir(self.output_dir):
+            if name == "logs":
+                continue  # other ranks of this node may have opened theirs already
             path = os.path.join(self.output_dir, name)
             if os.path.isdir(path) and not os.path.islink(path):
                 shutil.rmtree(path)

@@ -245,3 +245,43 @@ def test_singan_two_optimizers_survive_kills(tmp_path):
     got = final_weights(str(out / "ckpt" / "step_00000016.ckpt"))
     want = final_weights(str(obs / "b" / "ref" / "ckpt" / "step_00000016.ckpt"))
     assert_same_weights(got, want)
+
+
+def test_msrun_ranks_resume_together(tmp_path):
+    """Every rank of a data-parallel job restores the same checkpoint (one copy per node)."""
+    import shutil
+    import socket
+
+    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable))
+    assert msrun, "msrun comes with MindSpore and must be installed next to python"
+    obs = tmp_path / "obs"
+    env = clean_env(str(obs), PATH=os.path.dirname(sys.executable) + os.pathsep
+                    + os.environ["PATH"])
+    res = start(["--task=synth", "--data_url=obs://b/data", "--train_url=obs://b/rec"]
+                + TINY_AECRNET, env)
+    assert res.returncode == 0, res.stderr[-2000:]
+
+    def launch(i, steps, extra=()):
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        logs = tmp_path / ("msrun%d" % i)
+        cmd = [msrun, "--worker_num=2", "--local_worker_num=2", "--master_port=%d" % port,
+               "--log_dir=%s" % logs, "--join=True", START, "--data_url=obs://b/data",
+               "--train_url=obs://b/dp", "--cache_dir=%s" % (tmp_path / ("cache%d" % i)),
+               "--train.max_steps=%d" % steps, "--train.ckpt_every=3",
+               "--train.eval_every=0", "--export.enabled=false"] + list(extra) + TINY_AECRNET
+        res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True,
+                             timeout=900)
+        text = "".join(p.read_text() for p in sorted(logs.glob("worker_*.log")))
+        assert res.returncode == 0, res.stdout[-2000:] + text[-4000:]
+        return text
+
+    launch(0, 3)
+    launch(1, 5, ["--train.resume=auto"])
+    rank_logs = [(obs / "b" / "dp" / "logs" / ("rank_%d.log" % r)).read_text() for r in (0, 1)]
+    for text in rank_logs:  # each rank's log holds both launches
+        assert "resuming from" in text and "at step 3" in text, text[-3000:]
+        assert "trained 2 steps (3 → 5)" in text
+    sums = [re.findall(r"trainable parameter checksum .*: (\w+)", text)[-1] for text in rank_logs]
+    assert sums[0] == sums[1], sums
