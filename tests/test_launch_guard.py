@@ -14,6 +14,7 @@ import time
 
 import pytest
 
+import start
 from modelarts import launch_guard
 from modelarts.environment import MsrunLaunch
 
@@ -348,3 +349,47 @@ def test_process_start_time_is_when_the_process_started():
     finally:
         proc.kill()
         proc.wait()
+
+
+# --------------------------------------------------------------------------- start.py
+
+@pytest.mark.parametrize("raised, status", [
+    (start.UserError("--data_url=obs://b/nope does not exist"), 2),
+    (RuntimeError("out of memory"), 1),
+    (SystemExit(143), 143),
+    (KeyboardInterrupt(), 130),
+])
+def test_every_failure_leaving_main_is_reported(tmp_path, monkeypatch, raised, status):
+    msrun_environ(monkeypatch, tmp_path)
+
+    def fail(argv):
+        raise raised
+    monkeypatch.setattr(start, "parse_argv", fail)
+    if isinstance(raised, start.UserError):
+        assert start.main([]) == 2
+    else:
+        with pytest.raises(type(raised)):
+            start.main([])
+    [marker] = launch_guard.read_markers(str(tmp_path / "msrun-127.0.0.1-18571"), "failed-", 0)
+    assert (marker["rank"], marker["status"]) == (1, status)
+    assert str(raised) in marker["error"]
+
+
+def test_success_and_clean_exits_are_not_reported(tmp_path, monkeypatch):
+    msrun_environ(monkeypatch, tmp_path)
+    monkeypatch.setattr(start, "parse_argv", lambda argv: (_ for _ in ()).throw(SystemExit(0)))
+    with pytest.raises(SystemExit):
+        start.main([])
+    assert not (tmp_path / "msrun-127.0.0.1-18571").exists()
+
+
+def test_bad_config_in_an_msrun_worker_reaches_the_scheduler(tmp_path):
+    """The real boot file as msrun starts a worker, failing before anything is staged."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("MS_", "RANK", "MA_"))}
+    env.update(MS_ROLE="MS_WORKER", MS_SCHED_HOST="127.0.0.1", MS_SCHED_PORT="18571",
+               MS_WORKER_NUM="2", MS_NODE_ID="0", RANK_ID="0", LAUNCH_GUARD_DIR=str(tmp_path))
+    res = subprocess.run([sys.executable, os.path.join(REPO, "start.py"), "--train.max_stpes=3"],
+                         env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2, res.stderr
+    [marker] = launch_guard.read_markers(str(tmp_path / "msrun-127.0.0.1-18571"), "failed-", 0)
+    assert marker["rank"] == 0 and "max_stpes" in marker["error"]
