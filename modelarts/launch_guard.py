@@ -277,8 +277,9 @@ class Watcher:
         if self.gone_since is None:
             self.gone_since = now
         if now - self.gone_since >= self.grace:
-            return ("every worker process on this node ended before joining the cluster, "
-                    "without a report (killed or crashed: see the worker logs)")
+            return ("every worker process on this node has ended before joining the cluster "
+                    "(killed or crashed without a report, or done with a task that never "
+                    "joins it); see the worker logs")
         return None
 
 

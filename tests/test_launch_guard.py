@@ -157,7 +157,7 @@ def test_watcher_stops_when_all_local_workers_vanished_before_joining(tmp_path):
     table.end(12)
     assert watcher.poll(4) is None            # a failure marker may still be on its way
     assert watcher.poll(13.9) is None
-    assert "every worker process on this node ended" in watcher.poll(14)
+    assert "every worker process on this node has ended" in watcher.poll(14)
 
 
 def test_watcher_follows_workers_after_msrun_exits(tmp_path):
@@ -280,7 +280,7 @@ def test_watcher_process_waits_for_live_workers_and_stops_when_they_vanish(tmp_p
             p.kill()
             p.wait()
     assert proc.returncode == -signal.SIGTERM
-    assert "every worker process on this node ended before joining the cluster" in err
+    assert "every worker process on this node has ended before joining the cluster" in err
     assert wait_gone(watcher_pid)
 
 
@@ -314,7 +314,7 @@ def test_watcher_process_outlives_msrun_join_false(tmp_path):
         for pid in [sched] + workers:
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
-    assert "every worker process on this node ended before joining the cluster" in log.read_text()
+    assert "every worker process on this node has ended before joining the cluster" in log.read_text()
 
 
 def test_no_watcher_outside_an_msrun_scheduler(tmp_path):
