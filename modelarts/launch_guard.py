@@ -17,7 +17,8 @@ How:
   ``report_failure()`` (start.py does, on every error path): it writes a small JSON marker
   into the launch folder ``<LAUNCH_GUARD_DIR or tmp>/msrun-<MS_SCHED_HOST>-<MS_SCHED_PORT>``;
   a worker whose init() returned calls ``note_joined()`` (apply_context does), after which
-  failures are MindSpore's business again (its heartbeats notice a lost node);
+  failures are MindSpore's business again (its heartbeats notice a lost node); it leaves a
+  marker only where a watcher created the folder, so that nothing is left behind elsewhere;
 * the scheduler calls ``start_watcher()`` before init(): it starts this file as a separate
   stdlib-only process that polls the launch folder and this node's worker processes, and
   stops the scheduler (SIGTERM, then SIGKILL) when
@@ -63,6 +64,9 @@ RESCAN_POLLS = 20
 GONE_GRACE_S = 10.0
 # How long the scheduler gets to end on SIGTERM before SIGKILL.
 TERM_GRACE_S = 5.0
+# After stopping the scheduler, how long to wait for this node's workers to end (msrun kills
+# them) before removing the launch folder, so that a late failure marker is removed too.
+CLEANUP_WAIT_S = 10.0
 FAILED_PREFIX = "failed-"
 JOINED_PREFIX = "joined-"
 
@@ -87,7 +91,6 @@ def _marker_name(prefix: str) -> str:
 
 
 def _write_marker(directory: str, prefix: str, data: Dict[str, Any]) -> str:
-    os.makedirs(directory, exist_ok=True)
     path = os.path.join(directory, _marker_name(prefix))
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -142,6 +145,8 @@ def note_joined(launch) -> None:
     _joined = True
     if launch is None or launch.role != "worker":
         return
+    if not os.path.isdir(launch_dir(launch)):
+        return  # no watcher created it (scheduler on another node): nobody would read it
     try:
         _write_marker(launch_dir(launch), JOINED_PREFIX,
                       {"rank": launch.rank, "host": socket.gethostname(), "pid": os.getpid(),
@@ -162,6 +167,9 @@ def report_failure(launch, status: int, error: str) -> Optional[str]:
     if launch is None or launch.role != "worker" or _joined or not status:
         return None
     try:
+        # Created here too: the watcher may not have started yet, and a folder every node
+        # mounts may be the only way to the scheduler.
+        os.makedirs(launch_dir(launch), exist_ok=True)
         return _write_marker(launch_dir(launch), FAILED_PREFIX, {
             "rank": launch.rank, "host": socket.gethostname(), "pid": os.getpid(),
             "status": status, "error": str(error)[:2000], "time": time.time()})
@@ -331,6 +339,9 @@ def watch(directory: str, since: float, sched_pid: int, launcher_pid: int,
             _say("%s; stopping msrun's scheduler (pid %d) so that the launch ends now "
                  "instead of at the cluster time-out" % (reason, sched_pid))
             stop_process(sched_pid)
+            deadline = time.monotonic() + CLEANUP_WAIT_S
+            while any(_alive(p) for p in watcher.workers) and time.monotonic() < deadline:
+                time.sleep(0.2)
             _cleanup(directory)
             return 1
         time.sleep(poll_s)
@@ -371,6 +382,8 @@ def start_watcher(launch, *, grace: float = GONE_GRACE_S) -> Optional[subprocess
     cmd = [sys.executable, "-I", os.path.abspath(__file__), directory, repr(since),
            str(os.getpid()), str(os.getppid()), repr(grace)]
     try:
+        # Before init(): workers note their join only where a watcher will read and clean up.
+        os.makedirs(directory, exist_ok=True)
         _watcher = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, close_fds=True)
     except OSError as err:  # the launch itself must not fail for its guard
         log.warning("launch guard off: could not start its watcher: %s", err)

@@ -73,6 +73,16 @@ def test_failure_report_only_from_a_failing_worker_before_init(tmp_path, case):
     assert launch_guard.read_markers(str(tmp_path / "msrun-127.0.0.1-18571"), "failed-", 0) == []
 
 
+def test_join_is_noted_only_where_a_watcher_reads_it(tmp_path):
+    directory = tmp_path / "msrun-127.0.0.1-18571"
+    launch_guard.note_joined(worker(tmp_path))      # scheduler elsewhere: leave nothing behind
+    assert launch_guard.joined() and not directory.exists()
+    directory.mkdir()                                # what start_watcher does
+    launch_guard.note_joined(worker(tmp_path))
+    [marker] = launch_guard.read_markers(str(directory), "joined-", 0)
+    assert (marker["rank"], marker["pid"]) == (1, os.getpid())
+
+
 def test_failure_report_never_raises(tmp_path, caplog):
     blocker = tmp_path / "file"
     blocker.write_text("not a folder")
