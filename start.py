@@ -98,8 +98,9 @@ def setup_console(rank: int, stream=None) -> None:
 
 
 def main(argv=None) -> int:
+    from modelarts import launch_guard
     from modelarts.context import apply_context, plan_context
-    from modelarts.environment import detect_environment
+    from modelarts.environment import detect_environment, msrun_launch
     from src.config import load_config
 
     job = None
@@ -121,7 +122,9 @@ def main(argv=None) -> int:
         plan = plan_context(env, cfg["mode"])
         if env.is_scheduler and inv.task != "plan":
             # msrun starts this file once more as its scheduler: it serves the cluster inside
-            # communication.init() until the workers are done, and has no job of its own.
+            # communication.init() until the workers are done, and has no job of its own. A
+            # watcher process ends it early when a worker fails before joining the cluster.
+            launch_guard.start_watcher(msrun_launch(os.environ))
             apply_context(plan)
             return 0
         if inv.task == "plan":
@@ -132,13 +135,40 @@ def main(argv=None) -> int:
         from src.engine.runner import run_task
         job = Job(cfg, env, inv.task)
         with job:
-            return run_task(inv.task, cfg, env, plan, job)
+            status = run_task(inv.task, cfg, env, plan, job)
     except UserError as err:
         logging.getLogger().handlers[:] = []
         # Errors about staged files name the obs:// object, not the cache copy.
         message = job.describe_path(str(err)) if job is not None else str(err)
         print("error: %s" % message, file=sys.stderr)
+        _report_to_launcher(2, message)
         return 2
+    except BaseException as exc:
+        status = _exit_status(exc)
+        if status:
+            _report_to_launcher(status, "%s: %s" % (type(exc).__name__, exc))
+        raise
+    if status:
+        _report_to_launcher(status, "exit status %d (see this rank's log)" % status)
+    return status
+
+
+def _exit_status(exc: BaseException) -> int:
+    """The status the process will end with when this exception leaves main()."""
+    if isinstance(exc, SystemExit):
+        code = exc.code
+        return code if isinstance(code, int) else (0 if code is None else 1)
+    return 130 if isinstance(exc, KeyboardInterrupt) else 1
+
+
+def _report_to_launcher(status: int, error: str) -> None:
+    """Every failure passes here. An msrun worker that has not joined the cluster yet tells
+    msrun's scheduler, which would otherwise wait for the cluster time-out before msrun can
+    return (modelarts/launch_guard.py); anywhere else this does nothing."""
+    from modelarts import launch_guard
+    from modelarts.environment import msrun_launch
+
+    launch_guard.report_failure(msrun_launch(os.environ), status, error)
 
 
 if __name__ == "__main__":

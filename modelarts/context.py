@@ -98,6 +98,7 @@ def apply_context(plan: ContextPlan) -> None:
             # MindSpore ends the scheduler inside init(); should a version return, there is
             # still nothing for it to do.
             raise SystemExit(0)
+        _note_joined()
         rank, size = get_rank(), get_group_size()
         if (rank, size) != (plan.shard_id, plan.num_shards):
             raise UserError(f"communication init() made this process rank {rank} of {size}, but "
@@ -109,6 +110,15 @@ def apply_context(plan: ContextPlan) -> None:
                                      gradients_mean=plan.gradients_mean,
                                      device_num=plan.device_num)
     logger.info("context: %s", plan)
+
+
+def _note_joined() -> None:
+    # From here on MindSpore's heartbeats notice a lost worker; before, only the launch guard
+    # can end msrun's scheduler early (modelarts/launch_guard.py).
+    from modelarts import launch_guard
+    from modelarts.environment import msrun_launch
+
+    launch_guard.note_joined(msrun_launch(os.environ))
 
 
 def _export_hccl_variables(plan: ContextPlan) -> None:

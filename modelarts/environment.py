@@ -258,6 +258,42 @@ def _msrun_local_world(environ: Mapping[str, str], world: int) -> int:
     return local
 
 
+# --------------------------------------------------------------------------- msrun launch
+
+#: A folder every node of a multi-node msrun launch mounts (e.g. SFS): failure reports of
+#: workers on other nodes then reach the scheduler too. Unset: the node's temp folder.
+LAUNCH_GUARD_DIR_VARIABLE = "LAUNCH_GUARD_DIR"
+
+
+@dataclass(frozen=True)
+class MsrunLaunch:
+    """What ties the processes of one msrun launch together, for `modelarts.launch_guard`:
+    the scheduler's address (the same in every process of the launch) and this process's
+    part in it."""
+    role: str                   # worker | scheduler
+    sched_host: str
+    sched_port: str
+    rank: Optional[int]         # None when msrun leaves the rank to init() (no --node_rank)
+    guard_dir: Optional[str]    # LAUNCH_GUARD_DIR, when set
+
+
+def msrun_launch(environ: Optional[Mapping[str, str]] = None) -> Optional[MsrunLaunch]:
+    """This process's msrun launch, or None when msrun did not start it. Lenient on purpose:
+    it is read on the way out of a failed worker, whose variables may be what failed."""
+    environ = os.environ if environ is None else environ
+    role = {"MS_WORKER": "worker", "MS_SCHED": "scheduler"}.get(environ.get("MS_ROLE", ""))
+    port = environ.get("MS_SCHED_PORT", "").strip()
+    if role is None or not port:
+        return None
+    # Only MS_NODE_ID: without it a worker inherits the RANK_ID=0 msrun exported for its
+    # scheduler.
+    node_id = environ.get("MS_NODE_ID", "").strip()
+    rank = int(node_id) if role == "worker" and node_id.isdigit() else None
+    return MsrunLaunch(role=role, sched_host=environ.get("MS_SCHED_HOST", "").strip() or
+                       "127.0.0.1", sched_port=port, rank=rank,
+                       guard_dir=environ.get(LAUNCH_GUARD_DIR_VARIABLE) or None)
+
+
 # --------------------------------------------------------------------------- environments
 
 

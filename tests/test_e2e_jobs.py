@@ -5,6 +5,7 @@ a job killed by SIGTERM, and two data-parallel ranks under msrun.
 """
 from __future__ import annotations
 
+import contextlib
 import os
 import re
 import shutil
@@ -160,3 +161,57 @@ def test_msrun_two_ranks_train_in_data_parallel(obs, tmp_path):
     assert sum("staged obs://bucket/data" in text for text in rank_logs) == 1, rank_logs
     sums = [re.findall(r"trainable parameter checksum .*: (\w+)", text) for text in rank_logs]
     assert sums[0] and sums[0] == sums[1], sums
+
+
+def _launch_processes(marker: str) -> list:
+    """Processes whose command line mentions `marker` (this test's own folders)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            with open("/proc/%s/cmdline" % pid, "rb") as f:
+                if marker.encode() in f.read():
+                    found.append(int(pid))
+        except OSError:
+            pass
+    return found
+
+
+def test_msrun_worker_failing_before_init_ends_the_launch_at_once(obs, tmp_path):
+    """A wrong data_url: both workers fail while staging, long before communication init.
+    msrun used to return only when its scheduler's 600 s cluster time-out ran out."""
+    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable))
+    assert msrun, "msrun comes with MindSpore and must be installed next to python"
+    env = clean_env(str(obs), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
+                    LAUNCH_GUARD_DIR=str(tmp_path / "guard"))
+    logs = tmp_path / "msrun_logs"
+    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", "--master_port=%d" % _free_port(),
+           "--log_dir=%s" % logs, "--join=True", START, "--data_url=obs://bucket/no_such_data",
+           "--train_url=obs://bucket/failed", "--cache_dir=%s" % (tmp_path / "cache")]
+    started = time.monotonic()
+    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
+                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    try:
+        output, _ = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGINT)   # msrun's handler kills its workers and scheduler
+        try:
+            output, _ = proc.communicate(timeout=10)
+        finally:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+    seconds = time.monotonic() - started
+    worker_logs = "".join(p.read_text() for p in sorted(logs.glob("worker_*.log")))
+    scheduler_log = (logs / "scheduler.log").read_text()
+    assert seconds < 30, "msrun took %.1f s to give up:\n%s" % (seconds, scheduler_log[-3000:])
+    assert proc.returncode != 0, output[-3000:]
+    assert "obs://bucket/no_such_data does not exist" in worker_logs, worker_logs[-3000:]
+    # The scheduler says why it stopped, and msrun repeats it on its console.
+    assert re.search(r"\[ERROR\] launch_guard: worker rank \d .*obs://bucket/no_such_data",
+                     scheduler_log), scheduler_log[-3000:]
+    assert "launch_guard" in output
+    # Nothing of this launch is left running (the watcher included), nothing left in the guard.
+    deadline = time.time() + 10
+    while _launch_processes(str(tmp_path)) and time.time() < deadline:
+        time.sleep(0.5)
+    assert _launch_processes(str(tmp_path)) == []
+    assert list((tmp_path / "guard").glob("*/*")) == []

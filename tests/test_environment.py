@@ -8,7 +8,7 @@ import pytest
 
 from modelarts.environment import (ENVIRONMENTS, MODELARTS_VARIABLES, JobEnvironment,
                                    LocalEnvironment, ModelArtsEnvironment, MsrunEnvironment,
-                                   detect_environment, is_modelarts)
+                                   MsrunLaunch, detect_environment, is_modelarts, msrun_launch)
 from src.errors import UserError
 
 # What ModelArts sets for every process of a training job (documented job-wide variables).
@@ -206,6 +206,21 @@ def test_msrun_without_worker_num_is_a_user_error():
 
 
 # --------------------------------------------------------------------------- local
+
+
+def test_msrun_launch_ties_workers_and_scheduler_to_one_address():
+    assert msrun_launch(MSRUN_WORKER_1) == MsrunLaunch("worker", "127.0.0.1", "18571", 1, None)
+    assert msrun_launch(dict(MSRUN_SCHEDULER, LAUNCH_GUARD_DIR="/sfs/guard")) == \
+        MsrunLaunch("scheduler", "127.0.0.1", "18571", None, "/sfs/guard")
+
+
+def test_msrun_launch_is_lenient_and_none_outside_msrun():
+    assert msrun_launch({}) is None and msrun_launch({"RANK_ID": "3"}) is None
+    assert msrun_launch({"MS_ROLE": "MS_WORKER"}) is None   # no scheduler to tell
+    # Without MS_NODE_ID the RANK_ID a worker sees is msrun's leftover for its scheduler.
+    launch = msrun_launch({"MS_ROLE": "MS_WORKER", "MS_SCHED_PORT": "8118", "RANK_ID": "0",
+                           "MS_WORKER_NUM": "garbage"})
+    assert (launch.rank, launch.sched_host) == (None, "127.0.0.1")
 
 
 def test_local_fallback_ignores_stale_rank_variables():

@@ -152,11 +152,16 @@ def _preprocess(recipe_cls, cfg: dict, job) -> int:
 
 
 def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
+    from modelarts.context import apply_context
+
     if job.finished_already:
-        return 0  # the run in train_url is complete: the job said so, nothing to train
+        # The run in train_url is complete (the job said so): nothing to train. Ranks still
+        # join the cluster, so that msrun's scheduler ends cleanly instead of timing out.
+        if plan.init_communication:
+            apply_context(plan)
+        return 0
     import mindspore as ms
 
-    from modelarts.context import apply_context
     from src.config import dump_config
     from src.engine.checkpoint import CheckpointManager, resolve_resume
     from src.recipes.base import RecipeContext
