@@ -285,3 +285,25 @@ def test_msrun_ranks_resume_together(tmp_path):
         assert "trained 2 steps (3 → 5)" in text
     sums = [re.findall(r"trainable parameter checksum .*: (\w+)", text)[-1] for text in rank_logs]
     assert sums[0] == sums[1], sums
+
+
+def test_sigterm_during_startup_ends_cleanly(tmp_path):
+    """SIGTERM while MindSpore is being imported or the model built (the moments a restart
+    storm hits) ends the attempt as interrupted, never with SIGABRT or a traceback."""
+    obs = tmp_path / "obs"
+    env = clean_env(str(obs))
+    res = start(["--task=synth", "--data_url=obs://b/data", "--train_url=obs://b/rec"]
+                + TINY_AECRNET, env)
+    assert res.returncode == 0, res.stderr[-2000:]
+    job = ["--data_url=obs://b/data", "--train_url=obs://b/out", "--train.max_steps=1000",
+           "--train.eval_every=0"] + TINY_AECRNET
+    for i, delay in enumerate((0.3, 1.0, 2.0, 3.0)):
+        a = Attempt(job + ["--cache_dir=%s" % (tmp_path / ("c%d" % i))], env,
+                    str(tmp_path / ("a%d.log" % i)))
+        a.wait_for(lambda a=a: "task train, output" in a.text(), "the job to start", poll=0.01)
+        time.sleep(delay)
+        code = a.kill(signal.SIGTERM)
+        assert code == 128 + signal.SIGTERM, (delay, a.text()[-3000:])
+        assert "Traceback" not in a.text() and "Fatal Python error" not in a.text()
+    run = read_json(str(obs / "b" / "out" / "run.json"))
+    assert [att["status"] for att in run["attempts"]] == ["interrupted"] * 4

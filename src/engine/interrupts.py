@@ -1,12 +1,16 @@
-"""Interrupts that wait for a step boundary.
+"""Interrupts that wait until it is safe to stop.
 
 The platform stops a job with SIGTERM at any moment. Raised in the middle of a train step, the
 exception would land after the optimizer applied an update but before the loop counted it, and
 the checkpoint saved on the way out would claim one step less than its weights hold: a resume
-then runs past the end of the learning-rate schedule. So the job's signal handlers call
-``deliver(exc)``: outside a ``step_boundary()`` block the exception is raised at once (staging,
-evaluation and uploads may be cut short anywhere), inside one it is raised when the block ends,
-where the loop's step counter and every optimizer agree.
+then runs past the end of the learning-rate schedule. Raised inside MindSpore (its import, a
+graph compile calling back into Python), it can leave the process unable even to exit
+(measured: an interrupted ``import mindspore`` ends in SIGABRT at interpreter shutdown).
+
+So the job's signal handlers call ``deliver(exc)``: outside a ``deferred()`` block the exception
+is raised at once (waiting for a data copy, uploading: plain Python), inside one it is raised
+when the block ends — after the train step and its counting, the checkpoint write, the
+MindSpore import and model build, the evaluation, the export.
 """
 from __future__ import annotations
 
@@ -19,8 +23,8 @@ _pending: Optional[BaseException] = None
 
 
 def deliver(exc: BaseException) -> None:
-    """Raise ``exc`` now, or at the end of the current ``step_boundary()`` block. Called from
-    signal handlers, which Python runs in the main thread."""
+    """Raise ``exc`` now, or at the end of the current ``deferred()`` block. Called from signal
+    handlers, which Python runs in the main thread."""
     global _pending
     if _depth > 0 and threading.current_thread() is threading.main_thread():
         if _pending is None:
@@ -30,9 +34,8 @@ def deliver(exc: BaseException) -> None:
 
 
 @contextlib.contextmanager
-def step_boundary() -> Iterator[None]:
-    """A block that an interrupt does not cut in two (a train step and its counting, a
-    checkpoint write)."""
+def deferred() -> Iterator[None]:
+    """A block that an interrupt does not cut in two (see the module docstring)."""
     global _depth, _pending
     _depth += 1
     try:

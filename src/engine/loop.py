@@ -18,7 +18,7 @@ import os
 import time
 from typing import Callable, Dict, Optional
 
-from src.engine.interrupts import step_boundary
+from src.engine.interrupts import deferred
 from src.engine.progress import ProgressLogger, current_lr, to_floats
 from src.errors import UserError
 
@@ -101,7 +101,8 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
     steps_per_epoch = len(loader)
     step = 0
     if resume_from:
-        extra = ckpt.load(resume_from, cells)
+        with deferred():
+            extra = ckpt.load(resume_from, cells)
         step = int(extra.get("step", 0))
         check_consistent(resume_from, step, cells)
         log.info("resuming from %s at step %d", resume_from, step)
@@ -131,7 +132,7 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
 
     def save(at: int, metric: Optional[float] = None) -> Optional[str]:
         epoch = at // steps_per_epoch
-        with step_boundary():  # an interrupt waits for the file to be complete
+        with deferred():  # an interrupt waits for the file to be complete
             path = ckpt.save(at, cells, {"epoch": epoch}, metric=metric)
         state["saved_step"] = at
         # On every rank (path None where another rank writes): each pushes its own log.
@@ -140,6 +141,10 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
         return path
 
     def run_eval(at: int) -> dict:
+        with deferred():
+            return _run_eval(at)
+
+    def _run_eval(at: int) -> dict:
         result = evaluate(recipe.predict, recipe.val_samples(),
                           pad_multiple=int(ecfg.get("pad_multiple", 4)),
                           scale=recipe.output_scale(), samples_dir=samples_dir,
@@ -162,7 +167,7 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
             try:
                 for batch in batches:
                     # The step and its counting are one: an interrupt is raised after both.
-                    with step_boundary():
+                    with deferred():
                         terms = recipe.train_step(batch)
                         step += 1
                     values = None

@@ -153,15 +153,15 @@ def _preprocess(recipe_cls, cfg: dict, job) -> int:
 
 def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
     from modelarts.context import apply_context
+    from src.engine.interrupts import deferred
 
     if job.finished_already:
         # The run in train_url is complete (the job said so): nothing to train. Ranks still
         # join the cluster, so that msrun's scheduler ends cleanly instead of timing out.
         if plan.init_communication:
-            apply_context(plan)
+            with deferred():
+                apply_context(plan)
         return 0
-    import mindspore as ms
-
     from src.config import dump_config
     from src.engine.checkpoint import CheckpointManager, resolve_resume
     from src.recipes.base import RecipeContext
@@ -169,15 +169,20 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
     is_main = env.global_rank == 0
     data_dir = job.stage_inputs() if task in ("train", "eval") else ""
     cfg = stage_remote_files(cfg, job)
-    apply_context(plan)
-    # Same seed on every rank: data-parallel replicas must start from identical weights.
-    ms.set_seed(int(cfg["seed"]))
-    ctx = RecipeContext(data_dir=data_dir, output_dir=job.output_dir,
-                        num_shards=plan.num_shards, shard_id=plan.shard_id,
-                        distributed=plan.parallel_mode == "data_parallel",
-                        is_main=is_main, seed=int(cfg["seed"]))
-    recipe = recipe_cls(cfg, ctx)
-    recipe.build()
+    # A SIGTERM inside MindSpore's import or graph building can leave the process unable to
+    # exit: it waits until the model is built (src/engine/interrupts.py).
+    with deferred():
+        import mindspore as ms
+
+        apply_context(plan)
+        # Same seed on every rank: data-parallel replicas must start from identical weights.
+        ms.set_seed(int(cfg["seed"]))
+        ctx = RecipeContext(data_dir=data_dir, output_dir=job.output_dir,
+                            num_shards=plan.num_shards, shard_id=plan.shard_id,
+                            distributed=plan.parallel_mode == "data_parallel",
+                            is_main=is_main, seed=int(cfg["seed"]))
+        recipe = recipe_cls(cfg, ctx)
+        recipe.build()
     job.update_run(model=recipe.describe())
     ckpt_dir = os.path.join(job.output_dir, "ckpt")
     manager = CheckpointManager(
@@ -191,9 +196,11 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
             dump_config(cfg, path)
             job.push(path)
         resume = str(cfg["train"]["resume"] or "")
-        # '' and auto: what the job found in train_url; anything else names a checkpoint.
-        resume_from = (job.resume_from if resume in ("", "auto")
-                       else resolve_resume(resume, ckpt_dir))
+        # The run's own newest checkpoint wins (a restart of a job that started from a given
+        # .ckpt continues where it got to); a named checkpoint starts a run that has none.
+        resume_from = job.resume_from
+        if resume_from is None and resume not in ("", "auto"):
+            resume_from = resolve_resume(resume, ckpt_dir)
         from src.engine.loop import train
         summary = train(recipe, cfg, output_dir=job.output_dir, ckpt=manager, is_main=is_main,
                         on_event=lambda name, **data: _on_event(job, name, data),
@@ -213,13 +220,16 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
                 raise UserError("no checkpoint to %s: set --eval.checkpoint to a .ckpt path or "
                                 "URL, or none (train_url %s holds none)"
                                 % (task, cfg.get("train_url") or "''"))
-            extra = manager.load(path, recipe.checkpoint_cells())
+            with deferred():
+                extra = manager.load(path, recipe.checkpoint_cells())
             log.info("loaded %s (step %s)", job.describe_path(path), extra.get("step"))
         if task == "eval":
-            metrics = evaluate_recipe(recipe, cfg, job.output_dir) if is_main else {}
+            with deferred():
+                metrics = evaluate_recipe(recipe, cfg, job.output_dir) if is_main else {}
             job.update_run(metrics=metrics, checkpoint=job.describe_path(path))
     if task in ("train", "export") and cfg["export"]["enabled"] and is_main:
-        exported = export_recipe(recipe, cfg, job.output_dir)
+        with deferred():
+            exported = export_recipe(recipe, cfg, job.output_dir)
         job.push(exported)
         job.update_run(export=os.path.relpath(exported, job.output_dir))
     return 0
