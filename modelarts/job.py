@@ -411,6 +411,16 @@ class Job:
             root.setLevel(self._root_level)
             self._root_level = None
 
+    def training_started(self, step: int) -> None:
+        """The loop resumed at ``step`` (it may differ from the decision's when a named
+        checkpoint replaced a missing one)."""
+        self.last_step = step
+        if self._recording:
+            with self._run_lock:
+                current = self.run.setdefault("attempts", [{}])[-1]
+                current["first_step"] = current["last_step"] = step
+            self.update_run()
+
     def push_log(self) -> None:
         """Send this rank's log now (at checkpoints), in the background."""
         if self._log_pusher is not None:
@@ -448,13 +458,43 @@ class Job:
         record = self._read_store(run_record.RECORD_NAME)
         if record is not None and record.get("task") not in (None, TRAIN):
             record = None  # an eval/export record of the old layout: not a training run
-        decision = run_record.decide(record, self._list_checkpoints(), self.run_id,
-                                     str((self.cfg.get("train") or {}).get("resume") or ""),
-                                     where)
+        train = self.cfg.get("train") or {}
+        args = (record, self._list_checkpoints(), self.run_id, str(train.get("resume") or ""),
+                where, int(train.get("max_steps") or 0) or None)
+        decision = run_record.decide(*args)
         if decision.action == "refuse":
-            raise UserError(decision.message)
+            changed = self._changed_settings() if record else ""
+            raise UserError(run_record.decide(*args, changed=changed).message)
         self._found_record = record
+        if decision.action == "resume" and record and (record.get("best") or {}).get("path") \
+                and run_record.BEST_NAME not in self._list_checkpoints():
+            log.warning("the run record's best (step %s, metric %s) is missing from %s: best.ckpt "
+                        "will be chosen again from later evaluations",
+                        record["best"].get("step"), record["best"].get("metric"), where)
         return decision
+
+    def _changed_settings(self) -> str:
+        """'optim.lr 0.001 → 0.0005, ...' between train_url's config.yaml and this job's
+        settings (only what decides the weights); '' when that cannot be told."""
+        import yaml
+
+        where = self.record_url or self.output_dir
+        try:
+            if obs_sync.is_remote(where):
+                local = os.path.join(self.scratch_dir, "fetched", "config.yaml")
+                obs_sync.sync(remote_join(where, "config.yaml"), local, incremental=False,
+                              threads=1, retries=self.retries)
+            else:
+                local = os.path.join(where, "config.yaml")
+            with open(local) as f:
+                theirs = yaml.safe_load(f)
+        except (OSError, UserError, yaml.YAMLError):
+            return ""
+        diffs = run_record.differences(theirs, self.cfg)
+        if not diffs:
+            return ""
+        return "differs from its config.yaml in " + ", ".join(diffs[:5]) + (
+            " and %d more" % (len(diffs) - 5) if len(diffs) > 5 else "")
 
     def _open_record(self) -> None:
         """Rank 0: the run record with this attempt (train), or this task's own record."""
@@ -557,7 +597,7 @@ class Job:
                 log.info("removed %s from train_url (train.keep_last=%d)", ", ".join(removed),
                          self.keep_last)
 
-    def _fetch_resume_checkpoint(self, decision: run_record.Decision) -> str:
+    def _fetch_resume_checkpoint(self, decision: run_record.Decision) -> Optional[str]:
         """The checkpoint the run continues from (and best.ckpt), local, verified."""
         rel = decision.checkpoint
         local = os.path.join(self.output_dir, *rel.split("/"))
@@ -575,17 +615,28 @@ class Job:
                 return {"files": wanted}
 
             # Every rank restores the checkpoint; one copy per node.
-            self._staging.run("resume|%s|%s" % (self.upload_to, rel), rel, fetch)
+            try:
+                self._staging.run("resume|%s|%s" % (self.upload_to, rel), rel, fetch)
+            except UserError as err:
+                if not obs_sync.is_remote(self.upload_to) or "does not exist" not in str(err):
+                    raise
+        problem = None
         if not os.path.isfile(local):
-            raise UserError("the run record in %s points to %s, which is not there: resume "
-                            "from another checkpoint with --train.resume=<.ckpt path or URL>"
-                            % (self.record_url or self.output_dir, rel))
-        if pointer.get("path") == rel and pointer.get("sha256") and \
+            problem = "points to %s, which is not there" % rel
+        elif pointer.get("path") == rel and pointer.get("sha256") and \
                 sha256_file(local) != pointer["sha256"]:
-            raise UserError("%s differs from what the run record vouches for (sha256): it was "
-                            "replaced or damaged; resume from another checkpoint with "
-                            "--train.resume=<.ckpt path or URL>" % rel)
-        return local
+            problem = "points to %s, which differs from what it vouches for (sha256): " \
+                      "replaced or damaged" % rel
+        if problem is None:
+            return local
+        explicit = str((self.cfg.get("train") or {}).get("resume") or "")
+        if explicit not in ("", "auto"):
+            log.warning("the run record in %s %s: starting from train.resume=%s instead",
+                        self.record_url or self.output_dir, problem, explicit)
+            return None
+        raise UserError("the run record in %s %s: name the checkpoint to continue from with "
+                        "--train.resume=<.ckpt path or URL>" % (
+                            self.record_url or self.output_dir, problem))
 
     def run_checkpoint(self) -> Optional[str]:
         """For eval/export: the newest complete checkpoint of the run in train_url, fetched
@@ -617,6 +668,7 @@ class Job:
             return os.path.join(base, *rel.split("/"))
         local = os.path.join(self.scratch_dir, "run", *rel.split("/"))
         obs_sync.sync(remote_join(base, rel), local, **self.sync_options)
+        self._sources[local] = remote_join(base, rel)  # logs and records name the URL
         return local
 
     # ----------------------------------------------------------------- outputs

@@ -59,6 +59,22 @@ def _identity_view(node: Any, path: str = "") -> Any:
     return out
 
 
+def _leaves(node: Any, path: str = "") -> Dict[str, Any]:
+    if not isinstance(node, dict):
+        return {path.rstrip("."): node}
+    out: Dict[str, Any] = {}
+    for key, value in node.items():
+        out.update(_leaves(value, path + key + "."))
+    return out
+
+
+def differences(old_cfg: dict, new_cfg: dict) -> List[str]:
+    """'key old → new' for every setting that decides the weights and differs."""
+    old, new = _leaves(_identity_view(old_cfg)), _leaves(_identity_view(new_cfg))
+    return ["%s %s → %s" % (k, old.get(k, "(unset)"), new.get(k, "(unset)"))
+            for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+
+
 def fingerprint(cfg: dict, world_size: int = 1) -> str:
     """A short digest of what decides the trained weights (see NOT_IDENTITY for what not)."""
     view = {"config": _identity_view(cfg), "world_size": int(world_size)}
@@ -93,7 +109,10 @@ class Decision:
 def _describe(record: Optional[dict], ckpts: List[str]) -> str:
     if record and record.get("run_id"):
         pointer = (record.get("checkpoint") or {}).get("step")
-        return "run %s (%s, %s)" % (record["run_id"], record.get("status", "?"),
+        status = record.get("status", "?")
+        if status == "running":
+            status = "running, or killed before recording its end"
+        return "run %s (%s, %s)" % (record["run_id"], status,
                                     "step %s" % pointer if pointer is not None
                                     else "no checkpoint yet")
     return "an earlier run without a run record (%d checkpoint(s): %s)" % (
@@ -101,27 +120,37 @@ def _describe(record: Optional[dict], ckpts: List[str]) -> str:
 
 
 def decide(record: Optional[dict], ckpts: Iterable[str], run_id: str, resume: str,
-           where: str) -> Decision:
+           where: str, max_steps: Optional[int] = None, changed: str = "") -> Decision:
     """What a training job with identity ``run_id`` does with train_url ``where``, which holds
     ``record`` (its run.json, or None) and the checkpoint files ``ckpts`` (names under ckpt/).
     ``resume``: the config's train.resume ('' = continue this run only, 'auto' = continue
-    whatever run is there)."""
+    whatever run is there). ``changed``: which settings differ from the run there, if known."""
     ckpts = [c for c in ckpts if step_of(c) is not None or c == BEST_NAME]
     has_run = bool(record) or bool(ckpts)
+    same = bool(record) and record.get("run_id") == run_id
+    if (record and not same and not ckpts and not (record.get("checkpoint") or {}).get("path")
+            and record.get("status") in ("failed", "interrupted")):
+        # A job that failed before saving anything (a typo in data_url...) trained nothing:
+        # its fixed resubmission takes the train_url; the old record is kept inside the new.
+        return Decision("fresh", message="new run %s in %s (replacing the record of run %s, "
+                                         "which %s before saving any checkpoint)" % (
+                                             run_id, where, record.get("run_id"),
+                                             record.get("status")))
     if not has_run:
         return Decision("fresh", message="new run %s in %s" % (run_id, where))
-    same = bool(record) and record.get("run_id") == run_id
     if not same and resume != "auto":
         return Decision("refuse", message=(
-            "%s already holds %s; this job is run %s with other settings, and a train_url "
+            "%s already holds %s; this job is run %s with other settings%s, and a train_url "
             "belongs to one run. Use another train_url, or --train.resume=auto to continue "
-            "the run that is there with these settings" % (where, _describe(record, ckpts),
-                                                           run_id)))
+            "the run that is there with these settings" % (
+                where, _describe(record, ckpts), run_id,
+                " (%s)" % changed if changed else "")))
     if same and record.get("status") == "finished":
-        return Decision("finished", step=int((record.get("checkpoint") or {}).get("step") or 0),
-                        message="run %s in %s already finished (step %s): nothing to train. "
-                                "Use another train_url for a new run" % (
-                                    run_id, where, (record.get("checkpoint") or {}).get("step")))
+        step = (record.get("checkpoint") or {}).get("step")
+        return Decision("finished", step=int(step or 0), message=(
+            "run %s in %s already finished (step %s): nothing to train. --task=eval or "
+            "--task=export redo those; --train.resume=auto with a larger --train.max_steps "
+            "trains on; another train_url starts a new run" % (run_id, where, step)))
     pointer = (record or {}).get("checkpoint") or {}
     if pointer.get("path"):
         checkpoint, step = pointer["path"], int(pointer.get("step") or 0)
@@ -131,6 +160,10 @@ def decide(record: Optional[dict], ckpts: Iterable[str], run_id: str, resume: st
         checkpoint, step = (CKPT_DIR + "/" + steps[-1][1], steps[-1][0]) if steps else (None, 0)
     else:
         checkpoint, step = None, 0  # the run never completed a checkpoint upload
+    if not same and max_steps is not None and step >= max_steps:
+        return Decision("refuse", message=(
+            "%s is already at step %d, at or past train.max_steps %d: raise --train.max_steps "
+            "to train on, or use another train_url" % (where, step, max_steps)))
     what = "continuing" if same else "adopting (train.resume=auto)"
     origin = "from %s (step %d)" % (checkpoint, step) if checkpoint else "from step 0"
     return Decision("resume", checkpoint=checkpoint, step=step,
@@ -148,6 +181,10 @@ def open_attempt(record: Optional[dict], *, run_id: str, fp: str, decision: Deci
     """The record with a new attempt appended: earlier attempts that never recorded their end
     are closed as 'lost'."""
     record = dict(record or {})
+    if decision.action == "fresh" and record:
+        # A failed record that trained nothing, replaced by this run (see decide()).
+        record = {"replaced": {k: record.get(k) for k in ("run_id", "status", "error",
+                                                           "attempts")}}
     attempts: List[Dict[str, Any]] = [dict(a) for a in record.get("attempts") or []]
     for attempt in attempts:
         if attempt.get("status") not in FINAL_STATUSES:
@@ -156,7 +193,7 @@ def open_attempt(record: Optional[dict], *, run_id: str, fp: str, decision: Deci
                 "no end recorded: killed (SIGKILL, out of memory or node loss)")
     if record.get("run_id") and record["run_id"] != run_id:
         # train.resume=auto adopted another run: its later restarts are this identity's.
-        record.setdefault("adopted_from", []).append(record["run_id"])
+        record["adopted_from"] = list(record.get("adopted_from") or []) + [record["run_id"]]
     attempts.append({
         "attempt": len(attempts) + 1, "start": iso(started), "end": None, "status": "running",
         "first_step": decision.step, "last_step": decision.step, "platform": env.platform,

@@ -75,8 +75,9 @@ def test_train_uploads_everything_to_train_url(obs, tmp_path):
                 + TINY_AECRNET, env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     (again,) = (out / "eval").glob("*/run.json")
-    assert read_json(str(again))["metrics"]["psnr"] == pytest.approx(
-        run["metrics"]["psnr"], abs=1e-3)
+    evaluated = read_json(str(again))
+    assert evaluated["metrics"]["psnr"] == pytest.approx(run["metrics"]["psnr"], abs=1e-3)
+    assert evaluated["checkpoint"] == "obs://bucket/out/ckpt/step_00000004.ckpt"
     assert (again.parent / "samples").is_dir() and (again.parent / "logs" / "rank_0.log").is_file()
     res = start(["--data_url=" + data, "--train_url=obs://bucket/out", "--train.max_steps=4",
                  "--train.ckpt_every=2", "--train.eval_every=4"] + fresh + TINY_AECRNET, env)
@@ -85,6 +86,7 @@ def test_train_uploads_everything_to_train_url(obs, tmp_path):
                 + fresh + TINY_AECRNET, env)
     assert res.returncode == 2 and res.stderr.count("\n") == 1, res.stderr
     assert "obs://bucket/out already holds run cfg-" in res.stderr
+    assert "differs from its config.yaml in train.max_steps 4 → 5" in res.stderr
     assert (out / "run.json").read_bytes() == train_record
     assert (out / "ckpt" / "best.ckpt").read_bytes() == best
 

@@ -279,10 +279,15 @@ def test_a_damaged_checkpoint_is_not_resumed_from(tmp_path, mock_obs):
         "run_id": run_identity(cfg, make_env()), "status": "interrupted", "task": "train",
         "checkpoint": {"path": "ckpt/step_00000004.ckpt", "step": 4, "sha256": "0" * 64}}
     ).encode())
-    with pytest.raises(UserError, match="step_00000004.ckpt differs from what the run record "
-                                        "vouches for"):
+    with pytest.raises(UserError, match="points to ckpt/step_00000004.ckpt, which differs from "
+                                        "what it vouches for.*--train.resume="):
         with Job(cfg, make_env(), "train"):
             pass
+    # The way out it names works: a checkpoint given by name replaces the damaged pointer.
+    put(out / "ckpt" / "step_00000002.ckpt", b"older")
+    given = dict(cfg, train={"resume": "obs://bkt/out/ckpt/step_00000002.ckpt"})
+    with Job(given, make_env(), "train") as job:
+        assert job.decision.action == "resume" and job.resume_from is None
 
 
 # --------------------------------------------------------------------------- outputs

@@ -187,6 +187,21 @@ def test_signal_mid_step_saves_a_consistent_checkpoint(tmp_path):
     assert int(resumed.opt.global_step.asnumpy()[0]) == 20
 
 
+def test_an_interrupt_before_an_evaluation_does_not_skip_it(tmp_path):
+    """Stopped right after step 3 (an eval step) and resumed: step 3 is evaluated first, so
+    best.ckpt ends as in the run that never stopped."""
+    cfg = dict(max_steps=6, eval_every=3, ckpt_every=2)
+    _run(tmp_path / "full", _cfg(**cfg))
+    with pytest.raises(KeyboardInterrupt):
+        _run(tmp_path / "cut", _cfg(**cfg), signal_at=3)
+    events = []
+    _run(tmp_path / "cut", _cfg(resume="auto", **cfg), events)
+    assert [d["step"] for n, d in events if n == "eval"] == [3, 6]
+    full = CheckpointManager(str(tmp_path / "full" / "ckpt"))
+    cut = CheckpointManager(str(tmp_path / "cut" / "ckpt"))
+    assert (cut.best_step, cut.best_metric) == (full.best_step, pytest.approx(full.best_metric))
+
+
 def test_checkpoint_cut_mid_step_is_refused(tmp_path):
     recipe, _ = _run(tmp_path, _cfg(ckpt_every=0, eval_every=0, max_steps=3))
     # What older versions wrote: 3 updates applied, step 2 recorded.

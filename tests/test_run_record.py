@@ -4,7 +4,8 @@ from __future__ import annotations
 import copy
 
 from modelarts.environment import JobEnvironment
-from modelarts.run_record import close_attempt, decide, fingerprint, open_attempt, run_identity
+from modelarts.run_record import (close_attempt, decide, differences, fingerprint, open_attempt,
+                                  run_identity)
 
 CFG = {"model": "aecrnet", "seed": 0, "data_url": "obs://b/data", "train_url": "obs://b/out",
        "cache_dir": "", "output_dir": "", "platform": "auto", "mode": "graph",
@@ -72,13 +73,33 @@ def test_decide():
     assert decide(finished, ["step_00000040.ckpt"], me, "", "x").action == "finished"
     refused = decide(running, ["step_00000040.ckpt"], other, "", "obs://b/out")
     assert refused.action == "refuse"
-    assert "run cfg-aaa (running, step 40)" in refused.message and "cfg-bbb" in refused.message
+    assert "run cfg-aaa (running, or killed before recording its end, step 40)" in \
+        refused.message and "cfg-bbb" in refused.message
     adopted = decide(finished, ["step_00000040.ckpt"], other, "auto", "obs://b/out")
     assert (adopted.action, adopted.step) == ("resume", 40)
     legacy = decide(None, ["step_00000010.ckpt", "step_00000020.ckpt"], me, "auto", "x")
     assert (legacy.checkpoint, legacy.step) == ("ckpt/step_00000020.ckpt", 20)
     assert decide(None, ["step_00000010.ckpt"], me, "", "x").action == "refuse"
     assert decide(None, ["notes.txt"], me, "", "x").action == "fresh"
+    # A run that failed before saving anything (data_url typo) does not claim the train_url.
+    typo = {"run_id": other, "status": "failed", "error": "obs://nope does not exist"}
+    fixed = decide(typo, [], me, "", "obs://b/out")
+    assert fixed.action == "fresh" and "replacing the record of run cfg-bbb" in fixed.message
+    record = open_attempt(typo, run_id=me, fp="a", decision=fixed, env=env(), started=0.0)
+    assert record["replaced"]["error"] == "obs://nope does not exist"
+    assert [a["status"] for a in record["attempts"]] == ["running"]
+    assert decide(dict(typo, status="running"), [], me, "", "x").action == "refuse"
+    # Adopting a run already at or past this config's max_steps would train nothing.
+    past = decide(finished, ["step_00000040.ckpt"], other, "auto", "obs://b/out", max_steps=30)
+    assert past.action == "refuse" and "already at step 40" in past.message
+    assert "train.max_steps 30" in past.message
+    changed = decide(running, [], other, "", "x", changed="optim.lr 0.001 → 0.0005").message
+    assert "with other settings (optim.lr 0.001 → 0.0005)" in changed
+
+
+def test_differences_name_what_decides_the_weights():
+    assert differences(CFG, changed("optim.lr", 5e-4)) == ["optim.lr 0.001 → 0.0005"]
+    assert differences(CFG, changed("sync.threads", 1)) == []
 
 
 def test_attempts():

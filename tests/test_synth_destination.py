@@ -104,16 +104,18 @@ def test_another_models_synthetic_set_is_foreign(env, tmp_path):
     assert "synthetic data of model 'aecrnet'" in _error_line(res)
 
 
-def test_a_smaller_rerun_removes_its_own_stale_files_locally(env, tmp_path):
-    url = str(tmp_path / "set")
+@pytest.mark.parametrize("remote", [False, True])
+def test_a_smaller_rerun_removes_its_own_stale_files(env, tmp_path, remote):
+    url, folder = ("obs://b/set", tmp_path / "obs" / "b" / "set") if remote else (
+        str(tmp_path / "set"), tmp_path / "set")
     assert _synth(env, url, "--synth.num_scenes=3").returncode == 0
-    assert len(os.listdir(tmp_path / "set" / "train" / "clear")) == 3
-    res = _synth(env, url)  # 2 scenes
+    assert len(os.listdir(folder / "train" / "clear")) == 3
+    res = _synth(env, url)  # 2 scenes: the two sets must not mix
     assert res.returncode == 0, res.stderr[-2000:]
-    assert sorted(os.listdir(tmp_path / "set" / "train" / "clear")) == ["1.png", "2.png"]
-    manifest = json.loads((tmp_path / "set" / mf.SYNTH_MANIFEST).read_text())
+    assert sorted(os.listdir(folder / "train" / "clear")) == ["1.png", "2.png"]
+    manifest = json.loads((folder / mf.SYNTH_MANIFEST).read_text())
     assert sorted(manifest["files"]) == sorted(
-        k for k in _digest(tmp_path / "set") if k != mf.SYNTH_MANIFEST)
+        k for k in _digest(folder) if k != mf.SYNTH_MANIFEST)
 
 
 def test_foreign_files_rules():

@@ -100,6 +100,7 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
     loader = recipe.train_loader()
     steps_per_epoch = len(loader)
     step = 0
+    extra: dict = {}
     if resume_from:
         with deferred():
             extra = ckpt.load(resume_from, cells)
@@ -107,6 +108,7 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
         check_consistent(resume_from, step, cells)
         log.info("resuming from %s at step %d", resume_from, step)
     start_step = step
+    emit("start", step=step)
     if step >= max_steps:
         log.info("nothing to train: resumed at step %d >= train.max_steps %d", step, max_steps)
 
@@ -154,6 +156,18 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
         summary["step"] = at
         emit("eval", **summary)
         return summary
+
+    # An interrupt between a step and its evaluation saved that step without a metric: the
+    # evaluation an uninterrupted run made there comes first (best.ckpt depends on it).
+    if (resume_from and is_main and extra.get("metric") is None
+            and (step == max_steps or (eval_every > 0 and step % eval_every == 0))):
+        log.info("evaluating step %d first: the earlier attempt stopped before it could", step)
+        metrics = run_eval(step)
+        last_eval_step = step
+        metric = metrics.get("psnr")
+        if (step == max_steps or (ckpt_every > 0 and step % ckpt_every == 0)
+                or ckpt.is_better(metric)):
+            save(step, metric)
 
     started = time.time()
     first_step_seconds = None

@@ -80,23 +80,17 @@ def _synth(recipe_cls, cfg: dict, job) -> int:
     summary = recipe_cls.synthesize(cfg, local)
     written = {rel: e.size for rel, e in obs_sync.list_local_dir(local).items()
                if rel != mf.SYNTH_MANIFEST}
-    # Files of our earlier run this one did not rewrite (e.g. fewer scenes now): removed from a
-    # local destination; a remote one keeps them (no deletes there), still listed as ours.
+    # Files of our earlier run this one did not rewrite (e.g. fewer scenes now) would mix two
+    # data sets: they are removed (they are ours: the manifest lists them).
     stale = sorted(rel for rel in (previous or {}).get("files", {})
                    if rel in listing and rel not in written)
-    files = dict(written)
-    if stale and not obs_sync.is_remote(target):
-        for rel in stale:
-            os.remove(mf.join_url(target, rel))
+    for rel in stale:
+        obs_sync.remove(mf.join_url(target, rel), retries=_sync_options(cfg)["retries"])
+    if stale:
         log.info("removed %d file(s) of the earlier synthetic set that this run does not "
                  "write, e.g. %s", len(stale), stale[0])
-    elif stale:
-        files.update({rel: previous["files"][rel] for rel in stale})
-        log.warning("%d file(s) of the earlier synthetic set at %s are not part of this one and "
-                    "stay there (e.g. %s); use an empty destination for an exact set",
-                    len(stale), target, stale[0])
     path = mf.write_synth_manifest(os.path.join(local, mf.SYNTH_MANIFEST), mf.synth_manifest(
-        model, files, summary, cfg.get("synth", {})))
+        model, dict(written), summary, cfg.get("synth", {})))
     # The manifest goes first: an upload cut short leaves only files it already claims.
     obs_sync.sync(path, mf.join_url(target, mf.SYNTH_MANIFEST), incremental=False,
                   **_sync_options(cfg))
@@ -167,7 +161,17 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
     from src.recipes.base import RecipeContext
 
     is_main = env.global_rank == 0
+    source = str(cfg["eval"].get("checkpoint", "") or "")
+    path = None
+    if task != "train" and source in ("", "auto"):
+        # Known before staging the data set: nothing to evaluate is said at once.
+        path = job.run_checkpoint()
+        if path is None:
+            raise UserError("no checkpoint to %s: set --eval.checkpoint to a .ckpt path or "
+                            "URL, or none (train_url %s holds none)"
+                            % (task, cfg.get("train_url") or "''"))
     data_dir = job.stage_inputs() if task in ("train", "eval") else ""
+    given_cfg = cfg  # as the user wrote it: config.yaml keeps obs:// URLs, not cache copies
     cfg = stage_remote_files(cfg, job)
     # A SIGTERM inside MindSpore's import or graph building can leave the process unable to
     # exit: it waits until the model is built (src/engine/interrupts.py).
@@ -193,7 +197,7 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
     if task == "train":
         if is_main:
             path = os.path.join(job.output_dir, "config.yaml")
-            dump_config(cfg, path)
+            dump_config(given_cfg, path)
             job.push(path)
         resume = str(cfg["train"]["resume"] or "")
         # The run's own newest checkpoint wins (a restart of a job that started from a given
@@ -209,17 +213,12 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
                  parameter_checksum(recipe.checkpoint_cells()))
         job.update_run(train=summary, metrics=summary.get("metrics", {}))
     else:
-        source = str(cfg["eval"].get("checkpoint", "") or "")
         if source == "none":
             path = "none"
             log.info("%s of the net as built, with no training checkpoint", task)
         else:
-            path = (job.run_checkpoint() if source in ("", "auto")
-                    else resolve_resume(source, ckpt_dir))
             if path is None:
-                raise UserError("no checkpoint to %s: set --eval.checkpoint to a .ckpt path or "
-                                "URL, or none (train_url %s holds none)"
-                                % (task, cfg.get("train_url") or "''"))
+                path = resolve_resume(str(cfg["eval"]["checkpoint"]), ckpt_dir)
             with deferred():
                 extra = manager.load(path, recipe.checkpoint_cells())
             log.info("loaded %s (step %s)", job.describe_path(path), extra.get("step"))
@@ -236,7 +235,9 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
 
 
 def _on_event(job, name: str, data: dict) -> None:
-    if name == "eval":
+    if name == "start":
+        job.training_started(data["step"])
+    elif name == "eval":
         job.update_run(last_eval=data)
     elif name == "checkpoint":
         job.push_log()
