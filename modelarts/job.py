@@ -396,8 +396,9 @@ class Job:
         root.addHandler(handler)
         self._log_handler = handler
         if remote_log:
+            heartbeat = self.update_run if self.task == TRAIN and self.is_main else None
             self._log_pusher = LogPusher(path, remote_log, every=self.log_every,
-                                         retries=self.retries)
+                                         retries=self.retries, on_tick=heartbeat)
             self._log_pusher.start()
 
     def _close_log(self) -> None:
@@ -466,6 +467,14 @@ class Job:
             changed = self._changed_settings() if record else ""
             raise UserError(run_record.decide(*args, changed=changed).message)
         self._found_record = record
+        last = ((record or {}).get("attempts") or [{}])[-1]
+        quiet = time.time() - float(last.get("alive") or 0)
+        if decision.action == "resume" and last.get("status") == "running" and \
+                quiet < max(180.0, 3 * self.log_every):
+            log.warning("attempt %s of this run (host %s, job %s) wrote its record %.0f s ago "
+                        "and may still be running: two jobs writing one train_url mix their "
+                        "checkpoints; if it is still running, stop one of them",
+                        last.get("attempt"), last.get("host"), last.get("job_id"), quiet)
         if decision.action == "resume" and record and (record.get("best") or {}).get("path") \
                 and run_record.BEST_NAME not in self._list_checkpoints():
             log.warning("the run record's best (step %s, metric %s) is missing from %s: best.ckpt "
@@ -530,6 +539,9 @@ class Job:
 
     def _write_run(self, **fields) -> None:
         self.run.update(fields)
+        if self.task == TRAIN and self.run.get("attempts"):
+            # A heartbeat: a second copy of the same command can tell this one is alive.
+            self.run["attempts"][-1]["alive"] = round(time.time(), 1)
         path = os.path.join(self.output_dir, run_record.RECORD_NAME)
         try:
             write_json(path, self.run)

@@ -110,11 +110,14 @@ class Pusher:
 
 
 class LogPusher:
-    """Uploads ``path`` to ``url`` every ``every`` seconds when it changed, and on ``poke()``."""
+    """Uploads ``path`` to ``url`` every ``every`` seconds when it changed, and on ``poke()``;
+    ``on_tick`` runs after each periodic upload."""
 
-    def __init__(self, path: str, url: str, *, every: float, retries: int):
+    def __init__(self, path: str, url: str, *, every: float, retries: int,
+                 on_tick: Optional[Callable[[], None]] = None):
         self.path = path
         self.url = url
+        self.on_tick = on_tick  # also run every `every` seconds (the run record's heartbeat)
         self.every = float(every)
         self.retries = retries
         self._sent: Optional[Tuple[int, int]] = None
@@ -136,6 +139,12 @@ class LogPusher:
             self._wake.clear()
             if not self._stop.is_set():
                 self.send()
+                if self.on_tick is not None:
+                    try:
+                        self.on_tick()
+                    except Exception as err:  # a heartbeat must never stop training
+                        log.warning("run record heartbeat failed: %s",
+                                    obs_sync.mask_credentials(str(err)))
 
     def send(self, *, force: bool = False) -> None:
         try:

@@ -495,3 +495,23 @@ def test_sigterm_uploads_and_marks_interrupted(tmp_path, mock_obs):
     run = read_json(out / "run.json")
     assert run["status"] == "interrupted" and "signal 15" in run["error"]
     assert "interrupted" in (out / "logs" / "rank_0.log").read_text()
+
+
+def test_a_second_copy_of_a_running_command_is_warned(tmp_path, mock_obs, caplog):
+    cfg = make_cfg(tmp_path)
+    with Job(cfg, make_env(), "train"):
+        other = dict(cfg, cache_dir=str(tmp_path / "cache2"))
+        with caplog.at_level(logging.WARNING):
+            with Job(other, make_env(), "train") as second:
+                assert second.decision.action == "resume"
+    assert "attempt 1 of this run" in caplog.text and "may still be running" in caplog.text
+    caplog.clear()
+    out = mock_obs / "bkt" / "out" / "run.json"
+    record = read_json(out)
+    record["status"] = "interrupted"
+    record["attempts"][-1]["status"] = "interrupted"
+    out.write_text(json.dumps(record))
+    with caplog.at_level(logging.WARNING):  # an attempt that ended is no cause for alarm
+        with Job(cfg, make_env(), "train") as job:
+            assert job.decision.action == "resume"
+    assert "may still be running" not in caplog.text
