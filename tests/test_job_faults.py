@@ -39,13 +39,19 @@ def one_error_line(res) -> str:
     return lines[0]
 
 
-@pytest.mark.slow
-def test_faults_at_start_and_mid_run_lose_nothing(faulty_s3, tmp_path):
-    env = sdk_env(faulty_s3)
+def synth_s3(faulty_s3, tmp_path, env) -> str:
+    """A tiny synthetic data set in the bucket (set up before any fault is armed)."""
     data = "s3://%s/data" % faulty_s3.name
     res = start(["--task=synth", "--data_url=" + data, "--train_url=s3://%s/rec" % faulty_s3.name,
                  "--cache_dir=%s" % (tmp_path / "synth")] + TINY_AECRNET, env)
     assert res.returncode == 0, res.stderr[-2000:]
+    return data
+
+
+@pytest.mark.slow
+def test_faults_at_start_and_mid_run_lose_nothing(faulty_s3, tmp_path):
+    env = sdk_env(faulty_s3)
+    data = synth_s3(faulty_s3, tmp_path, env)
     proxy = faulty_s3.proxy
     # At job start: the run record and checkpoint listings, the data set's listing and files.
     proxy.add("503", "LIST", times=2)
@@ -75,10 +81,7 @@ def test_faults_at_start_and_mid_run_lose_nothing(faulty_s3, tmp_path):
 @pytest.mark.slow
 def test_pushes_failing_mid_run_are_sent_by_the_final_upload(faulty_s3, tmp_path):
     env = sdk_env(faulty_s3)
-    data = "s3://%s/data" % faulty_s3.name
-    res = start(["--task=synth", "--data_url=" + data, "--train_url=s3://%s/rec" % faulty_s3.name,
-                 "--cache_dir=%s" % (tmp_path / "synth")] + TINY_AECRNET, env)
-    assert res.returncode == 0, res.stderr[-2000:]
+    data = synth_s3(faulty_s3, tmp_path, env)
     # An outage longer than the retries for one checkpoint upload.
     faulty_s3.proxy.add("503", "PUT", key=r"ckpt/step_00000002", times=4)
     res = start(["--data_url=" + data, "--train_url=s3://%s/out" % faulty_s3.name,

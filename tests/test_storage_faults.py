@@ -20,22 +20,12 @@ from obs_sync import TransferError, sync
 from src.errors import UserError
 from tests.e2e_helpers import REPO
 from tests.faultproxy import FaultProxy, add_rule, clear_rules, fault_state
+from tests.test_obs_sync import make_tree, read_tree
 
 FILES = {"a.txt": b"alpha", "sub/b.bin": os.urandom(3000), "sub/deep/big.bin": os.urandom(300_000)}
 OPS = ("LIST", "HEAD", "GET", "PUT", "DELETE")
 
 
-def make_tree(root, files):
-    for rel, data in files.items():
-        path = root / rel
-        path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_bytes(data)
-    return root
-
-
-def read_tree(root):
-    return {str(p.relative_to(root)).replace(os.sep, "/"): p.read_bytes()
-            for p in sorted(root.rglob("*")) if p.is_file()}
 
 
 def remote_tree(s3, bucket, prefix):
