@@ -207,6 +207,7 @@ class Job:
         self._old_signals: Dict[int, Any] = {}
         self._recording = False  # this process writes the run record
         self._found_record: Optional[dict] = None
+        self._found_ckpts: List[str] = []  # ckpt/ names in train_url when the job started
         # kind → (path, mtime, info) of the newest checkpoint the record does not point to yet
         self._unpointed: Dict[str, Tuple[str, int, dict]] = {}
         self._started = time.time()
@@ -460,7 +461,8 @@ class Job:
         if record is not None and record.get("task") not in (None, TRAIN):
             record = None  # an eval/export record of the old layout: not a training run
         train = self.cfg.get("train") or {}
-        args = (record, self._list_checkpoints(), self.run_id, str(train.get("resume") or ""),
+        self._found_ckpts = self._list_checkpoints()
+        args = (record, self._found_ckpts, self.run_id, str(train.get("resume") or ""),
                 where, int(train.get("max_steps") or 0) or None)
         decision = run_record.decide(*args)
         if decision.action == "refuse":
@@ -476,7 +478,7 @@ class Job:
                         "checkpoints; if it is still running, stop one of them",
                         last.get("attempt"), last.get("host"), last.get("job_id"), quiet)
         if decision.action == "resume" and record and (record.get("best") or {}).get("path") \
-                and run_record.BEST_NAME not in self._list_checkpoints():
+                and run_record.BEST_NAME not in self._found_ckpts:
             log.warning("the run record's best (step %s, metric %s) is missing from %s: best.ckpt "
                         "will be chosen again from later evaluations",
                         record["best"].get("step"), record["best"].get("metric"), where)
@@ -617,7 +619,7 @@ class Job:
         if self.upload_to:
             def fetch() -> dict:
                 wanted = [rel]
-                if run_record.BEST_NAME in self._list_checkpoints():
+                if run_record.BEST_NAME in self._found_ckpts:
                     wanted.append(run_record.CKPT_DIR + "/" + run_record.BEST_NAME)
                 for item in wanted:
                     obs_sync.sync(remote_join(self.upload_to, item),

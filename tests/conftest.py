@@ -47,6 +47,24 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_moto(exe: str, log_path, env=None):
+    """(process, http://127.0.0.1:<port>) of a moto_server that accepts connections."""
+    port = _free_port()
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log_file,
+                                stderr=subprocess.STDOUT, env=env)
+    deadline = time.monotonic() + 30
+    while True:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
+            return proc, "http://127.0.0.1:%d" % port
+        except OSError:
+            if proc.poll() is not None or time.monotonic() > deadline:
+                proc.kill()
+                raise RuntimeError("moto_server did not start: " + log_path.read_text()) from None
+            time.sleep(0.1)
+
+
 @pytest.fixture(scope="session")
 def moto_endpoint(tmp_path_factory):
     """http://127.0.0.1:<port> of a moto_server started once for the session."""
@@ -55,22 +73,8 @@ def moto_endpoint(tmp_path_factory):
         exe = shutil.which("moto_server")
     if not exe:
         pytest.skip("moto_server not installed (pip install 'moto[server]')")
-    port = _free_port()
-    log_path = tmp_path_factory.mktemp("moto") / "moto.log"
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log_file,
-                                stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 30
-    while True:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-            break
-        except OSError:
-            if proc.poll() is not None or time.monotonic() > deadline:
-                proc.kill()
-                raise RuntimeError("moto_server did not start: " + log_path.read_text()) from None
-            time.sleep(0.1)
-    yield "http://127.0.0.1:%d" % port
+    proc, endpoint = start_moto(exe, tmp_path_factory.mktemp("moto") / "moto.log")
+    yield endpoint
     proc.terminate()
     try:
         proc.wait(timeout=10)

@@ -19,6 +19,7 @@ import obs_sync
 from obs_sync import TransferError, sync
 from src.errors import UserError
 from tests.e2e_helpers import REPO
+from tests.conftest import start_moto
 from tests.faultproxy import FaultProxy, add_rule, clear_rules, fault_state
 from tests.test_obs_sync import make_tree, read_tree
 
@@ -160,22 +161,9 @@ def moto_with_auth(tmp_path_factory):
     exe = os.path.join(os.path.dirname(sys.executable), "moto_server")
     if not os.path.exists(exe):
         pytest.skip("moto_server not installed")
-    port = free_port()
-    log_path = tmp_path_factory.mktemp("moto_auth") / "moto.log"
     env = dict(os.environ, INITIAL_NO_AUTH_ACTION_COUNT="3")
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen([exe, "-H", "127.0.0.1", "-p", str(port)], stdout=log_file,
-                                stderr=subprocess.STDOUT, env=env)
-    endpoint = "http://127.0.0.1:%d" % port
+    proc, endpoint = start_moto(exe, tmp_path_factory.mktemp("moto_auth") / "moto.log", env)
     try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=0.5).close()
-                break
-            except OSError:
-                assert proc.poll() is None and time.monotonic() < deadline, log_path.read_text()
-                time.sleep(0.1)
         iam = boto3.client("iam", endpoint_url=endpoint, region_name="us-east-1",
                            aws_access_key_id="setup", aws_secret_access_key="setup")
         iam.create_user(UserName="tester")
