@@ -4,8 +4,10 @@
     python start.py [--config=configs/aecrnet_demo.yaml] [--task=train] [--key=value ...]
 
 Tasks: train (default), eval, export, preprocess, synth, plan. Every config key is an override,
-dotted (--train.max_steps=100) or flat (--max_steps=100), because ModelArts' hyperparameter
-form passes flat --name=value pairs. `--task=plan` prints what the job would do and exits.
+dotted (--train.max_steps=100), with `__` for each dot (--train__max_steps=100: ModelArts'
+hyperparameter form allows no dots) or by its last part when that names one key
+(--max_steps=100). `-c FILE` and `--config_path=FILE` mean --config=FILE. `--task=plan`
+prints what the job would do and exits.
 
 The sequence is parse → environment → job (staging, outputs) → device context → engine; each
 step is its own module, this file only puts them in order.
@@ -58,6 +60,8 @@ def parse_argv(argv: list) -> Invocation:
         if arg in ("-h", "--help"):
             print(__doc__)
             raise SystemExit(0)
+        if arg == "-c" or arg.startswith("-c="):  # the short spelling other trainers use
+            arg = "--config" + arg[2:]
         if not arg.startswith("--") or len(arg) == 2:
             raise UserError("unexpected argument %r: arguments are --name=value "
                             "(usage: %s)" % (arg, USAGE))
@@ -74,7 +78,7 @@ def parse_argv(argv: list) -> Invocation:
                 raise UserError("--task=%s is not a task; choose one of %s"
                                 % (value, ", ".join(TASKS)))
             task = value
-        elif name == "config":
+        elif name in ("config", "config_path"):
             config = value
         elif name in PLATFORM_ARGS:
             ignored.append("--%s=%s" % (name, value))

@@ -297,7 +297,9 @@ def _parse_overrides(overrides: Iterable[str]) -> List[Tuple[str, str, Any]]:
             raise UserError("%s: override %r is not a key=value string" % (COMMAND_LINE, item))
         text = item[2:] if item.startswith("--") else item
         key, sep, raw = text.partition("=")
-        key = key.strip()
+        # `__` stands for a dot: ModelArts' hyperparameter form allows letters, digits, '-'
+        # and '_' only (the spelling pydantic-settings and dynaconf use for nested names).
+        key = key.strip().replace("__", ".")
         if not sep or not key:
             raise UserError("%s: %r is not key=value (e.g. --train.max_steps=1000)"
                             % (COMMAND_LINE, item))

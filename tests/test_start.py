@@ -1,11 +1,15 @@
 """start.py as a boot file: argument handling, plan output and one-line errors."""
 from __future__ import annotations
 
+import glob
 import json
+import os
+import re
 
 import pytest
+import yaml
 
-from tests.e2e_helpers import clean_env, start
+from tests.e2e_helpers import REPO, clean_env, start
 
 
 @pytest.fixture()
@@ -99,3 +103,45 @@ def test_key_escaping_the_bucket_is_refused(env, tmp_path):
                  "--train_url=%s" % (tmp_path / "out")], env)
     assert res.returncode == 2
     assert ".." in res.stderr and "Traceback" not in res.stderr
+
+
+def test_config_file_spellings_other_trainers_use(env):
+    for args in (["-c", "configs/lsid_demo.yaml"], ["-c=configs/lsid_demo.yaml"],
+                 ["--config_path=configs/lsid_demo.yaml"], ["--config-path", "configs/lsid_demo.yaml"]):
+        res = start(["--task=plan"] + args, env)
+        assert res.returncode == 0, (args, res.stderr)
+        assert json.loads(res.stdout)["config"]["model"] == "lsid", args
+
+
+FORM_NAME = re.compile(r"^[A-Za-z0-9_-]+$")  # what ModelArts' hyperparameter form accepts
+
+
+@pytest.mark.parametrize("config", sorted(
+    os.path.relpath(p, REPO) for p in glob.glob(os.path.join(REPO, "configs", "*.yaml"))))
+def test_every_leaf_key_can_be_set_from_the_modelarts_form(config):
+    """Each key, spelled with `__` for its dots, reaches the same leaf as its dotted name."""
+    from src.config import get_path, leaf_paths, load_config
+
+    base = load_config(os.path.join(REPO, config))
+    for key in leaf_paths(base):
+        spelled = key.replace(".", "__")
+        assert FORM_NAME.match(spelled), spelled
+        value = get_path(base, key)
+        if isinstance(value, (list, dict)) or value is None:
+            continue  # a form sends text: lists and nulls are set in config files
+        changed = _another_value(value)
+        cfg = load_config(os.path.join(REPO, config), ["%s=%s" % (spelled, changed)])
+        assert get_path(cfg, key) == (yaml.safe_load(changed) if isinstance(changed, str)
+                                      and isinstance(value, bool) else changed), (config, spelled)
+
+
+def _another_value(value):
+    """A different value of the same type; text stays as it is (model names, registry types
+    and choices only take their own values), so there only the key's resolution is tested."""
+    if isinstance(value, bool):
+        return str(not value).lower()
+    if isinstance(value, int):
+        return value + 1
+    if isinstance(value, float):
+        return value * 2 if value else 1.5
+    return value
