@@ -309,6 +309,9 @@ def _parse_v0(data: Mapping, path: str) -> Tuple[List[Server], List[RankEntry]]:
     return servers, ranks
 
 
+WAIT_REPORT_S = 30.0
+
+
 def wait_completed(path: str, timeout: float, poll: float = DEFAULT_POLL_S) -> RankTable:
     """Poll the table until its status is "completed" and return it parsed.
 
@@ -316,20 +319,29 @@ def wait_completed(path: str, timeout: float, poll: float = DEFAULT_POLL_S) -> R
     "initializing" is read again every `poll` seconds; whichever of these is still true after
     `timeout` seconds becomes a `UserError` naming the file. A completed table that is wrong
     fails at once: waiting would not fix it."""
-    deadline = time.monotonic() + max(0.0, timeout)
+    started = time.monotonic()
+    deadline = started + max(0.0, timeout)
+    next_report = started  # a silent job looks hung to ModelArts: say so at once, then every 30 s
     while True:
         try:
             table = load(path)
             if table.completed:
+                if next_report > started:
+                    logger.info("rank table %s completed after %.0f s", table.path,
+                                time.monotonic() - started)
                 return table
             where, reason = table.path, f"still has status {table.status!r}"
         except RankTableNotReady as e:
             where, reason = e.path, e.reason
-        remaining = deadline - time.monotonic()
+        now = time.monotonic()
+        remaining = deadline - now
         if remaining <= 0:
             raise UserError(f"rank table {where} not ready after {timeout:g}s: it {reason} "
                             f"(raise rank_table_timeout if the platform is slow to write it)")
-        logger.debug("waiting for rank table %s: %s", where, reason)
+        if now >= next_report:
+            logger.info("waiting for rank table %s: it %s (%.0f s left of rank_table_timeout)",
+                        where, reason, remaining)
+            next_report = now + WAIT_REPORT_S
         time.sleep(min(poll, remaining))
 
 

@@ -203,6 +203,23 @@ def test_wait_returns_once_initializing_becomes_completed(tmp_path):
     assert 0.25 < time.monotonic() - start < 5
 
 
+def test_waiting_is_said_at_once_and_every_30_s(tmp_path, monkeypatch, caplog):
+    import logging
+
+    from modelarts import rank_table
+
+    monkeypatch.setattr(rank_table, "WAIT_REPORT_S", 0.2)
+    path = write(tmp_path, {"status": "initializing"})
+    thread = _rewrite_later(path, json.dumps(v1_table(1, 8)), 0.5)
+    with caplog.at_level(logging.INFO, logger="modelarts.rank_table"):
+        wait_completed(path, timeout=10, poll=0.05)
+    thread.join()
+    waits = [r.getMessage() for r in caplog.records if "waiting for rank table" in r.getMessage()]
+    assert 2 <= len(waits) <= 4, waits
+    assert "status 'initializing'" in waits[0] and "s left of rank_table_timeout" in waits[0]
+    assert "completed after" in caplog.records[-1].getMessage()
+
+
 def test_wait_retries_a_half_written_file(tmp_path):
     text = json.dumps(v0_table([0, 1]))
     path = write(tmp_path, text[: len(text) // 2])
