@@ -499,7 +499,8 @@ def test_sigterm_uploads_and_marks_interrupted(tmp_path, mock_obs):
 
 def test_a_second_copy_of_a_running_command_is_warned(tmp_path, mock_obs, caplog):
     cfg = make_cfg(tmp_path)
-    with Job(cfg, make_env(), "train"):
+    with Job(cfg, make_env(), "train") as first:
+        first.wait_pushes()  # its record has reached train_url
         other = dict(cfg, cache_dir=str(tmp_path / "cache2"))
         with caplog.at_level(logging.WARNING):
             with Job(other, make_env(), "train") as second:
