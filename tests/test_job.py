@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -442,8 +443,7 @@ def test_other_tasks_keep_to_their_own_folder(tmp_path, mock_obs):
     train_record = (out / "run.json").read_bytes()
     for task in ("eval", "export", "synth"):
         with Job(cfg, make_env(), task) as job:
-            put(os.path.join(job.output_dir, "samples", "x.png") and
-                type(out)(job.output_dir) / "samples" / "x.png")
+            put(pathlib.Path(job.output_dir) / "samples" / "x.png")
             job.update_run(metrics={"psnr": 1.0})
     assert (out / "run.json").read_bytes() == train_record
     for task in ("eval", "export", "synth"):
