@@ -16,7 +16,7 @@ import logging
 import math
 import os
 import time
-from typing import Callable, Dict, Optional
+from typing import Callable, Dict, Optional, Tuple
 
 from src.engine.interrupts import deferred
 from src.engine.progress import ProgressLogger, current_lr, to_floats
@@ -157,17 +157,28 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
         emit("eval", **summary)
         return summary
 
+    def due(at: int) -> Tuple[bool, bool]:
+        """(evaluate, checkpoint) at step `at`, as the schedule says."""
+        return (is_main and (at == max_steps or (eval_every > 0 and at % eval_every == 0)),
+                at == max_steps or (ckpt_every > 0 and at % ckpt_every == 0))
+
+    def eval_and_save(at: int, do_eval: bool, do_ckpt: bool) -> None:
+        nonlocal metrics, last_eval_step
+        metric = None
+        if do_eval:
+            metrics = run_eval(at)
+            last_eval_step = at
+            metric = metrics.get("psnr")
+            # Keep the weights behind a new best even between checkpoint steps.
+            do_ckpt = do_ckpt or ckpt.is_better(metric)
+        if do_ckpt:
+            save(at, metric)
+
     # An interrupt between a step and its evaluation saved that step without a metric: the
     # evaluation an uninterrupted run made there comes first (best.ckpt depends on it).
-    if (resume_from and is_main and extra.get("metric") is None
-            and (step == max_steps or (eval_every > 0 and step % eval_every == 0))):
+    if resume_from and extra.get("metric") is None and due(step)[0]:
         log.info("evaluating step %d first: the earlier attempt stopped before it could", step)
-        metrics = run_eval(step)
-        last_eval_step = step
-        metric = metrics.get("psnr")
-        if (step == max_steps or (ckpt_every > 0 and step % ckpt_every == 0)
-                or ckpt.is_better(metric)):
-            save(step, metric)
+        eval_and_save(step, True, due(step)[1])
 
     started = time.time()
     first_step_seconds = None
@@ -196,23 +207,13 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
                     if record is not None:
                         values = record["terms"]
                         emit("step_log", **record)
-                    do_ckpt = step == max_steps or (ckpt_every > 0 and step % ckpt_every == 0)
-                    do_eval = is_main and (step == max_steps
-                                           or (eval_every > 0 and step % eval_every == 0))
+                    do_eval, do_ckpt = due(step)
                     if values is None and (do_ckpt or do_eval):
                         values = to_floats(terms)
                     if values is not None:
                         check_finite(values, step)
-                    metric = None
                     paused = time.time()
-                    if do_eval:
-                        metrics = run_eval(step)
-                        last_eval_step = step
-                        metric = metrics.get("psnr")
-                        # Keep the weights behind a new best even between checkpoint steps.
-                        do_ckpt = do_ckpt or ckpt.is_better(metric)
-                    if do_ckpt:
-                        save(step, metric)
+                    eval_and_save(step, do_eval, do_ckpt)
                     if do_eval or do_ckpt:
                         # Throughput and ETA measure training, not evaluation and saving.
                         paused = time.time() - paused
