@@ -430,26 +430,27 @@ class Job:
 
     # ----------------------------------------------------------------- the run record
 
-    def _read_store(self, rel: str) -> Optional[dict]:
-        """A JSON file under the record's place (train_url), or None."""
-        if not self.record_url:
-            return read_json(os.path.join(self.output_dir, *rel.split("/")))
-        if not obs_sync.is_remote(self.record_url):
-            return read_json(os.path.join(self.record_url, *rel.split("/")))
-        url = remote_join(self.record_url, rel)
+    def _read_store(self, rel: str, where: Optional[str] = None, *,
+                    strict: bool = True) -> Optional[dict]:
+        """A JSON file under ``where`` (default: the record's place, train_url), or None.
+        Not JSON: an error when ``strict``, else None."""
+        where = where or self.record_url or self.output_dir
+        if not obs_sync.is_remote(where):
+            return read_json(os.path.join(where, *rel.split("/")))
+        url = remote_join(where, rel)
         if not obs_sync.exists(url, retries=self.retries):
             return None
-        local = os.path.join(self.scratch_dir, "fetched", *rel.split("/"))
+        local = _mirror(self.scratch_dir, "fetched", url)
         obs_sync.sync(url, local, incremental=False, threads=1,
                       retries=self.retries)
         data = read_json(local)
-        if data is None:
+        if data is None and strict:
             raise UserError("%s is not valid JSON: it is not a run record this package wrote; "
                             "use another train_url" % url)
         return data
 
-    def _list_checkpoints(self) -> List[str]:
-        where = self.record_url or self.output_dir
+    def _list_checkpoints(self, where: Optional[str] = None) -> List[str]:
+        where = where or self.record_url or self.output_dir
         url = (remote_join(where, run_record.CKPT_DIR) if obs_sync.is_remote(where)
                else os.path.join(where, run_record.CKPT_DIR))
         return sorted(n for n in obs_sync.list_files(url, retries=self.retries)
@@ -658,26 +659,14 @@ class Job:
         base = self.train_url or ""
         if not base:
             return None
-        if obs_sync.is_remote(base):
-            record_json = remote_join(base, run_record.RECORD_NAME)
-            record = None
-            if obs_sync.exists(record_json, retries=self.retries):
-                local = os.path.join(self.scratch_dir, "run", run_record.RECORD_NAME)
-                obs_sync.sync(record_json, local, incremental=False, threads=1,
-                              retries=self.retries)
-                record = read_json(local)
-            names = obs_sync.list_files(remote_join(base, run_record.CKPT_DIR), retries=self.retries)
-        else:
-            record = read_json(os.path.join(base, run_record.RECORD_NAME))
-            names = obs_sync.list_files(os.path.join(base, run_record.CKPT_DIR), retries=self.retries)
-        pointer = (record or {}).get("checkpoint") or {}
-        rel = pointer.get("path")
+        # Not a record this package wrote: go by the file names.
+        record = self._read_store(run_record.RECORD_NAME, base, strict=False)
+        rel = ((record or {}).get("checkpoint") or {}).get("path")
         if not rel:
-            steps = sorted((run_record.step_of(n), n) for n in names
-                           if run_record.step_of(n) is not None)
-            if not steps:
+            newest = run_record.newest_step(self._list_checkpoints(base))
+            if newest is None:
                 return None
-            rel = run_record.CKPT_DIR + "/" + steps[-1][1]
+            rel = newest[0]
         if not obs_sync.is_remote(base):
             return os.path.join(base, *rel.split("/"))
         local = os.path.join(self.scratch_dir, "run", *rel.split("/"))

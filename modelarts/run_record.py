@@ -26,7 +26,7 @@ import re
 import socket
 import time
 from dataclasses import dataclass
-from typing import Any, Dict, Iterable, List, Optional
+from typing import Any, Dict, Iterable, List, Optional, Tuple
 
 RECORD_NAME = "run.json"
 CKPT_DIR = "ckpt"
@@ -98,6 +98,12 @@ def step_name(step: int) -> str:
     return "step_%08d.ckpt" % int(step)
 
 
+def newest_step(names: Iterable[str]) -> Optional[Tuple[str, int]]:
+    """('ckpt/step_N.ckpt', N) of the highest step among checkpoint file names, or None."""
+    steps = sorted((step_of(n), n) for n in names if step_of(n) is not None)
+    return (CKPT_DIR + "/" + steps[-1][1], steps[-1][0]) if steps else None
+
+
 @dataclass(frozen=True)
 class Decision:
     action: str                     # fresh | resume | finished | refuse
@@ -156,8 +162,7 @@ def decide(record: Optional[dict], ckpts: Iterable[str], run_id: str, resume: st
         checkpoint, step = pointer["path"], int(pointer.get("step") or 0)
     elif not record or not record.get("run_id"):
         # A run from before run records: its newest step file is all there is to go by.
-        steps = sorted((step_of(c), c) for c in ckpts if step_of(c) is not None)
-        checkpoint, step = (CKPT_DIR + "/" + steps[-1][1], steps[-1][0]) if steps else (None, 0)
+        checkpoint, step = newest_step(ckpts) or (None, 0)
     else:
         checkpoint, step = None, 0  # the run never completed a checkpoint upload
     if not same and max_steps is not None and step >= max_steps:
