@@ -6,14 +6,18 @@
 Tasks: train (default), eval, export, preprocess, synth, plan. Every config key is an override,
 dotted (--train.max_steps=100), with `__` for each dot (--train__max_steps=100: ModelArts'
 hyperparameter form allows no dots) or by its last part when that names one key
-(--max_steps=100). `-c FILE` and `--config_path=FILE` mean --config=FILE. `--task=plan`
-prints what the job would do and exits.
+(--max_steps=100). `-c FILE` and `--config_path=FILE` mean --config=FILE; the file may be an
+obs:// or s3:// URL or a path inside data_url. `--ckpt_url=URL` is the checkpoint to start
+from (train: net_weights) or to evaluate/export (eval.checkpoint). `--task=plan` checks the
+job without downloading data (data_url, every URL the config names, the data set layouts,
+every value), prints what it would do with a `checks` list and exits non-zero if one failed.
 
 The sequence is parse → environment → job (staging, outputs) → device context → engine; each
 step is its own module, this file only puts them in order.
 """
 from __future__ import annotations
 
+import difflib
 import json
 import logging
 import os
@@ -31,8 +35,17 @@ DEFAULT_CONFIG = os.path.join("configs", "aecrnet_demo.yaml")
 PLATFORM_ARGS = frozenset({
     "init_method", "num_gpus", "world_size", "rank", "local_rank", "dist_url", "dist_backend",
     "nproc_per_node", "nnodes", "node_rank", "master_addr", "master_port", "rank_table_file",
-    "ckpt_url", "device_num", "device_id", "run_distribute",
+    "device_num", "device_id", "run_distribute",
 })
+# This file's own arguments: an unknown argument close to one of these gets a "did you mean"
+# (config keys get theirs from src/config.py).
+OWN_ARGS = ("task", "config", "config_path", "ckpt_url", "help")
+# Tasks that start from weights they train (net_weights); every other model task reads
+# eval.checkpoint, and the tasks that build no model ignore --ckpt_url.
+CKPT_TO_NET_WEIGHTS = ("train", "plan")
+NO_MODEL_TASKS = ("synth", "preprocess")
+# Tasks that stage data_url: the plan's checks run before they stage anything.
+CHECKED_TASKS = ("train", "eval")
 
 log = logging.getLogger("start")
 
@@ -40,11 +53,30 @@ log = logging.getLogger("start")
 class Invocation:
     """What the command line asked for, before anything is loaded."""
 
-    def __init__(self, task: str, config: str, overrides: list, ignored: list):
+    def __init__(self, task: str, config: str, overrides: list, ignored: list,
+                 ckpt_url: str = ""):
         self.task = task
-        self.config = config
+        self.config = config  # as given ('' = the default config)
         self.overrides = overrides
         self.ignored = ignored
+        self.ckpt_url = ckpt_url
+
+    def override_value(self, key: str) -> str:
+        """The last value given for the top-level `key` on the command line ('' if none)."""
+        found = ""
+        for item in self.overrides:
+            name, _, value = item.partition("=")
+            if name.replace("__", ".") == key:
+                found = value
+        return found
+
+    def routed_overrides(self) -> list:
+        """The overrides with --ckpt_url routed to the key this task reads; first, so that an
+        explicit --net_weights or --eval.checkpoint wins."""
+        if not self.ckpt_url or self.task in NO_MODEL_TASKS:
+            return list(self.overrides)
+        key = "net_weights" if self.task in CKPT_TO_NET_WEIGHTS else "eval.checkpoint"
+        return ["%s=%s" % (key, self.ckpt_url)] + list(self.overrides)
 
 
 USAGE = __doc__.split("\n\n")[1].strip()
@@ -52,7 +84,7 @@ USAGE = __doc__.split("\n\n")[1].strip()
 
 def parse_argv(argv: list) -> Invocation:
     """Split argv into task, config file and `key=value` overrides (`--k=v` and `--k v`)."""
-    task, config, overrides, ignored = "train", "", [], []
+    task, config, overrides, ignored, ckpt_url = "train", "", [], [], ""
     i = 0
     while i < len(argv):
         arg = argv[i]
@@ -80,14 +112,16 @@ def parse_argv(argv: list) -> Invocation:
             task = value
         elif name in ("config", "config_path"):
             config = value
+        elif name == "ckpt_url":  # ModelZoo's name for the checkpoint on OBS
+            ckpt_url = value
         elif name in PLATFORM_ARGS:
             ignored.append("--%s=%s" % (name, value))
         else:
+            close = difflib.get_close_matches(name, OWN_ARGS, n=1, cutoff=0.75)
+            if close and "." not in name:
+                raise UserError("unknown argument --%s (did you mean --%s?)" % (name, close[0]))
             overrides.append("%s=%s" % (name, value))
-    config = config or DEFAULT_CONFIG
-    if not os.path.isabs(config) and not os.path.exists(config):
-        config = os.path.join(HERE, config)  # relative to the code directory, as on ModelArts
-    return Invocation(task, config, overrides, ignored)
+    return Invocation(task, config, overrides, ignored, ckpt_url)
 
 
 def setup_console(rank: int, stream=None) -> None:
@@ -113,9 +147,13 @@ def main(argv=None) -> int:
         # `plan` prints JSON on stdout for tools to read: its log lines go to stderr.
         console = sys.stderr if inv.task == "plan" else None
         setup_console(0, console)
-        cfg = load_config(inv.config, inv.overrides)
+        from src.config_source import locate_config
+        source = locate_config(inv.config, inv.override_value("data_url"), HERE, DEFAULT_CONFIG)
+        cfg = load_config(source.path, inv.routed_overrides())
+        from src import preflight
         from src.checks import check_values
-        check_values(cfg, inv.task)  # ranges, before any staging or MindSpore import
+        if inv.task != "plan":  # plan lists every problem with the other checks
+            check_values(cfg, inv.task)  # ranges, before any staging or MindSpore import
         env = detect_environment(os.environ, platform=cfg["platform"],
                                  device_target=cfg["device_target"],
                                  rank_table_timeout=cfg["rank_table_timeout"])
@@ -133,8 +171,16 @@ def main(argv=None) -> int:
             return 0
         if inv.task == "plan":
             from src.engine.runner import describe_plan
-            print(json.dumps(describe_plan(cfg, env, plan), indent=2, sort_keys=True))
+            checks = preflight.run_checks(cfg, "plan", config_source=source)
+            described = describe_plan(cfg, env, plan)
+            described.update(config_file=source.name, checks=preflight.as_json(checks))
+            print(json.dumps(described, indent=2, sort_keys=True))
+            preflight.raise_failures(checks)
             return 0
+        if inv.task in CHECKED_TASKS:
+            # What the job reads exists, before anything is staged or a device is taken.
+            preflight.raise_failures(preflight.run_checks(cfg, inv.task, config_source=source,
+                                                          values=False))
         from modelarts.job import Job
         from src.engine.runner import run_task
         job = Job(cfg, env, inv.task)
@@ -144,7 +190,8 @@ def main(argv=None) -> int:
         logging.getLogger().handlers[:] = []
         # Errors about staged files name the obs:// object, not the cache copy.
         message = job.describe_path(str(err)) if job is not None else str(err)
-        print("error: %s" % message, file=sys.stderr)
+        for line in getattr(err, "lines", None) or [message]:  # failed checks: one line each
+            print("error: %s" % line, file=sys.stderr)
         _report_to_launcher(2, message)
         return 2
     except BaseException as exc:

@@ -12,12 +12,42 @@ import yaml
 from tests.e2e_helpers import REPO, clean_env, start
 
 
+# The demo configs' data sets, by name only: plan lists data_url and reads no file.
+DEMO_DATA = {
+    "demo/aecrnet/data": ["train/hazy/1_1.png", "train/hazy/1_2.png", "train/clear/1.png",
+                          "val/hazy/7_1.png", "val/clear/7.png"],
+    "demo/lsid/hdf5": ["Sony_train_list.txt", "Sony_val_list.txt", "Sony/short/00001_00_0.1s.h5",
+                       "Sony/long/00001_00_10s.h5"],
+    "demo/singan/data": ["trainA/1.png", "trainB/2.png", "test/hazy/3_1.png", "test/clear/3.png"],
+}
+
+
+def lay_out(root, folder: str, files) -> None:
+    """Empty files named `files` under `root`/`folder` (a mock OBS bucket path)."""
+    for rel in files:
+        path = os.path.join(str(root), folder, rel)
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        open(path, "wb").close()
+
+
 @pytest.fixture()
 def env(tmp_path):
+    for folder, files in DEMO_DATA.items():
+        lay_out(tmp_path / "obs", folder, files)
     return clean_env(str(tmp_path / "obs"))
 
 
+def _tree(root) -> list:
+    return sorted(os.path.relpath(os.path.join(d, f), root)
+                  for d, _, files in os.walk(root) for f in files)
+
+
+def _errors(res) -> list:
+    return [line for line in res.stderr.splitlines() if line.startswith("error: ")]
+
+
 def test_plan_prints_the_resolved_job_without_touching_data(env, tmp_path):
+    before = _tree(tmp_path)
     res = start(["--task=plan", "--max_steps=7", "--train.log_every=3"], env)
     assert res.returncode == 0, res.stderr
     plan = json.loads(res.stdout)
@@ -28,7 +58,10 @@ def test_plan_prints_the_resolved_job_without_touching_data(env, tmp_path):
     assert plan["device_target"] == "CPU"
     assert plan["parallel_mode"] == "stand_alone"
     assert plan["data_url"].startswith("obs://")
-    assert not (tmp_path / "obs").exists(), "plan must not touch storage"
+    assert [(c["name"], c["ok"]) for c in plan["checks"]] == [
+        ("values", True), ("data_url", True), ("data.train", True), ("data.val", True)]
+    assert "2 reside pairs" in plan["checks"][2]["message"]
+    assert _tree(tmp_path) == before, "plan must not write anything"
 
 
 def test_plan_on_modelarts_reads_the_rank_table(env, tmp_path):
@@ -44,6 +77,7 @@ def test_plan_on_modelarts_reads_the_rank_table(env, tmp_path):
     env.update(MA_CURRENT_INSTANCE_NAME="job-pod-1", RANK_TABLE_FILE=str(path), DEVICE_ID="3",
                ASCEND_DEVICE_ID="3", RANK_SIZE="16", RANK_ID="11", MA_NUM_HOSTS="2",
                VC_TASK_INDEX="1", MA_JOB_DIR="/home/ma-user/modelarts/user-job-dir", JOB_ID="j1")
+    lay_out(tmp_path / "obs", "bucket/data", DEMO_DATA["demo/aecrnet/data"])
     res = start(["--task=plan", "--data_url=obs://bucket/data/", "--train_url=obs://bucket/out/",
                  "--init_method=tcp://10.0.0.1:6000", "--num_gpus=1"], env)
     assert res.returncode == 0, res.stderr

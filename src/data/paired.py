@@ -30,6 +30,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from src.data.listing import LOCAL
 from src.data.images import center_crop, random_crop, random_flip_rot, read_image, to_chw
 from src.errors import UserError, did_you_mean
 from src.registry import DATASETS
@@ -49,19 +50,19 @@ def natural_key(name: str):
             for part in re.split(r"(\d+)", name) if part]
 
 
-def list_images(folder: str) -> List[str]:
+def list_images(folder: str, fs=LOCAL) -> List[str]:
     """Image file names (not paths) directly inside `folder` in natural order, hidden files
-    skipped."""
-    return sorted((name for name in os.listdir(folder)
+    skipped. `fs`: the disk, or a listing of data_url (src/data/listing.py)."""
+    return sorted((name for name in fs.listdir(folder)
                    if not name.startswith(".") and name.lower().endswith(IMAGE_EXTENSIONS)
-                   and os.path.isfile(os.path.join(folder, name))), key=natural_key)
+                   and fs.isfile(os.path.join(folder, name))), key=natural_key)
 
 
-def _find_dir(base: str, candidates: Sequence[str]) -> Optional[str]:
+def _find_dir(base: str, candidates: Sequence[str], fs=LOCAL) -> Optional[str]:
     """First entry of `candidates` that exists under `base` as a folder, matched
     case-insensitively (Dense-Haze ships `GT`, some mirrors `gt`)."""
     try:
-        entries = {e.lower(): e for e in os.listdir(base) if os.path.isdir(os.path.join(base, e))}
+        entries = {e.lower(): e for e in fs.listdir(base) if fs.isdir(os.path.join(base, e))}
     except OSError:
         return None
     for cand in candidates:
@@ -144,18 +145,38 @@ class PairedDehaze:
                             "got %r" % (crop,))
         self.crop = int(crop)
         self.flip_rot = bool(flip_rot)
-        if not os.path.isdir(base):
-            raise UserError("PairedDehaze: data folder %s does not exist (check data_url and "
-                            "the data set's path)" % base)
-        self.layout = self._resolve_layout(layout, base, hazy_dir, clear_dir)
-        self.hazy_dir, self.clear_dir = self._folders(base, hazy_dir, clear_dir)
-        self.pairs = self._pair(ids)
+        self.layout, self.hazy_dir, self.clear_dir, self.pairs = self.discover(
+            base, layout, hazy_dir, clear_dir, ids)
         self._cache = _ImageCache(int(cache_mb) * 1024 * 1024)
 
     # -- discovery ------------------------------------------------------------------------
 
+    @classmethod
+    def discover(cls, base: str, layout: str = "auto", hazy_dir: str = "", clear_dir: str = "",
+                 ids: Sequence[int] = (), fs=LOCAL
+                 ) -> Tuple[str, str, str, List[Tuple[str, str, str]]]:
+        """(layout, hazy folder, clear folder, [(hazy, clear, name)]) under `base`, found by
+        names only: on the disk, or in a listing of data_url (`fs`)."""
+        if not fs.isdir(base):
+            raise UserError("PairedDehaze: data folder %s does not exist (check data_url and "
+                            "the data set's path)" % base)
+        layout = cls._resolve_layout(layout, base, hazy_dir, clear_dir, fs)
+        hazy, clear = cls._folders(base, layout, hazy_dir, clear_dir, fs)
+        return layout, hazy, clear, cls._pair(layout, hazy, clear, ids, fs)
+
+    @classmethod
+    def check_listing(cls, listing, path: str = "", layout: str = "auto", hazy_dir: str = "",
+                      clear_dir: str = "", ids: Sequence[int] = (), **_unused) -> str:
+        """What `--task=plan` says about this data set in a listing of data_url: the pairs
+        found, or (UserError) the first problem the loader would meet."""
+        base = os.path.join(listing.root, path) if path else listing.root
+        found, hazy, clear, pairs = cls.discover(base, layout, hazy_dir, clear_dir, ids,
+                                                 fs=listing)
+        return "%d %s pairs: hazy %s, clear %s" % (len(pairs), found, hazy, clear)
+
     @staticmethod
-    def _resolve_layout(layout: str, base: str, hazy_dir: str, clear_dir: str) -> str:
+    def _resolve_layout(layout: str, base: str, hazy_dir: str, clear_dir: str,
+                        fs=LOCAL) -> str:
         key = str(layout).lower().replace("-", "").replace("_", "")
         if key != "auto":
             if key not in LAYOUT_ALIASES:
@@ -165,51 +186,55 @@ class PairedDehaze:
             return LAYOUT_ALIASES[key]
         if clear_dir:
             return "gt" if clear_dir.lower() == "gt" else "reside"
-        if _find_dir(base, ["GT"]):
+        if _find_dir(base, ["GT"], fs):
             return "gt"
-        if _find_dir(base, ["clear"]):
+        if _find_dir(base, ["clear"], fs):
             return "reside"
-        names = list_images(base)
+        names = list_images(base, fs)
         if any(gt_clear_stem(n) for n in names):
             return "gt"  # NH-HAZE style: *_hazy and *_GT side by side
         raise UserError("PairedDehaze: cannot tell the layout of %s: expected hazy/ + clear/ "
                         "(RESIDE) or hazy/ + GT/ (Dense-Haze, NH-HAZE, O-HAZE); set layout, "
                         "hazy_dir and clear_dir" % base)
 
-    def _folders(self, base: str, hazy_dir: str, clear_dir: str) -> Tuple[str, str]:
+    @staticmethod
+    def _folders(base: str, layout: str, hazy_dir: str, clear_dir: str,
+                 fs=LOCAL) -> Tuple[str, str]:
         if hazy_dir:
             hazy = os.path.join(base, hazy_dir)
         else:
-            hazy = _find_dir(base, ["hazy"])
-            if hazy is None and self.layout == "gt":
+            hazy = _find_dir(base, ["hazy"], fs)
+            if hazy is None and layout == "gt":
                 hazy = base
         if clear_dir:
             clear = os.path.join(base, clear_dir)
         else:
-            clear = _find_dir(base, ["clear"] if self.layout == "reside" else ["GT"])
-            if clear is None and self.layout == "gt" and hazy == base:
+            clear = _find_dir(base, ["clear"] if layout == "reside" else ["GT"], fs)
+            if clear is None and layout == "gt" and hazy == base:
                 clear = base
-        want_clear = "clear" if self.layout == "reside" else "GT"
-        if hazy is None or not os.path.isdir(hazy):
+        want_clear = "clear" if layout == "reside" else "GT"
+        if hazy is None or not fs.isdir(hazy):
             raise UserError("PairedDehaze: no hazy image folder %s" % (
                 hazy or os.path.join(base, "hazy")))
-        if clear is None or not os.path.isdir(clear):
+        if clear is None or not fs.isdir(clear):
             raise UserError("PairedDehaze: no clear image folder %s (layout %s expects "
                             "hazy/ and %s/)" % (clear or os.path.join(base, want_clear),
-                                                 self.layout, want_clear))
+                                                 layout, want_clear))
         return hazy, clear
 
-    def _pair(self, ids: Sequence[int]) -> List[Tuple[str, str, str]]:
-        hazy_names = list_images(self.hazy_dir)
-        clear_names = list_images(self.clear_dir)
-        if self.layout == "gt" and self.hazy_dir == self.clear_dir:
+    @staticmethod
+    def _pair(layout: str, hazy_dir: str, clear_dir: str, ids: Sequence[int],
+              fs=LOCAL) -> List[Tuple[str, str, str]]:
+        hazy_names = list_images(hazy_dir, fs)
+        clear_names = list_images(clear_dir, fs)
+        if layout == "gt" and hazy_dir == clear_dir:
             hazy_names = [n for n in hazy_names if gt_clear_stem(n)]
         if not hazy_names:
             raise UserError("PairedDehaze: no hazy images (%s) in %s"
-                            % ("/".join(IMAGE_EXTENSIONS), self.hazy_dir))
+                            % ("/".join(IMAGE_EXTENSIONS), hazy_dir))
         if not clear_names:
             raise UserError("PairedDehaze: no clear images (%s) in %s"
-                            % ("/".join(IMAGE_EXTENSIONS), self.clear_dir))
+                            % ("/".join(IMAGE_EXTENSIONS), clear_dir))
         by_stem: Dict[str, str] = {}
         for name in clear_names:
             by_stem.setdefault(os.path.splitext(name)[0], name)
@@ -224,24 +249,24 @@ class PairedDehaze:
                 m = _LEADING_INT.match(name)
                 if not m or not lo_hi[0] <= int(m.group(1)) <= lo_hi[1]:
                     continue
-            stem = (reside_clear_stem(name) if self.layout == "reside" else gt_clear_stem(name))
+            stem = (reside_clear_stem(name) if layout == "reside" else gt_clear_stem(name))
             if stem is None:
                 raise UserError("PairedDehaze: hazy image %s does not end in '_hazy' (layout gt "
                                 "pairs NN_hazy.png with GT/NN_GT.png)"
-                                % os.path.join(self.hazy_dir, name))
+                                % os.path.join(hazy_dir, name))
             clear = by_stem.get(stem)
-            if clear is None and self.layout == "gt":
+            if clear is None and layout == "gt":
                 # NH-HAZE/O-HAZE archives are not consistent about 'GT' vs 'gt'.
                 clear = next((v for k, v in by_stem.items() if k.lower() == stem.lower()), None)
             if clear is None:
                 raise UserError("PairedDehaze: hazy image %s has no clear partner: expected %s.* "
-                                "in %s" % (os.path.join(self.hazy_dir, name), stem,
-                                           self.clear_dir))
-            pairs.append((os.path.join(self.hazy_dir, name), os.path.join(self.clear_dir, clear),
+                                "in %s" % (os.path.join(hazy_dir, name), stem,
+                                           clear_dir))
+            pairs.append((os.path.join(hazy_dir, name), os.path.join(clear_dir, clear),
                           name))
         if not pairs:
             raise UserError("PairedDehaze: no hazy images with ids in %r in %s"
-                            % (list(ids), self.hazy_dir))
+                            % (list(ids), hazy_dir))
         return pairs
 
     # -- samples --------------------------------------------------------------------------

@@ -35,6 +35,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from src.data.listing import LOCAL
 from src.data.raw_preprocess import bayer_offsets, exposure_from_name
 from src.errors import UserError
 from src.registry import DATASETS
@@ -234,19 +235,48 @@ class SIDPairs:
                  len(self.items))
 
     # -- indexing ---------------------------------------------------------------------------
+    @classmethod
+    def check_listing(cls, listing, list_file: str = "", folder: str = "Sony",
+                      short_dir: str = "short", long_dir: str = "long", split: str = "train",
+                      first_frame_only: bool = True, ext: str = ".h5", **_unused) -> str:
+        """What `--task=plan` says about this data set in a listing of data_url, by names
+        only: the list file is there (its rows are read once staged), or the folder layout
+        holds pairs of this split; else UserError naming what is missing."""
+        ext = ext if ext.startswith(".") else "." + ext
+        converted = sum(1 for rel in listing.files if rel.endswith(ext))
+        if list_file:
+            path = os.path.join(listing.root, list_file)
+            if not listing.isfile(path):
+                raise UserError("SID list file not found: %s (check data.*.list_file and "
+                                "data_url)" % path)
+            if not converted:
+                raise UserError("no %s files in %s: run --task=preprocess to convert the raw "
+                                "files first" % (ext, listing.root))
+            return "%s present; %d %s files in data_url" % (path, converted, ext)
+        where = os.path.join(listing.root, folder)
+        rows = cls._scan_folder(where, short_dir, long_dir, listing)
+        rows = [(s, g) for s, g in rows if scene_id(s).startswith(SPLITS.get(split, ""))]
+        if first_frame_only:
+            rows = [(s, g) for s, g in rows if frame_id(s) in ("00", "")]
+        if not rows:
+            raise UserError("no SID pairs in %s for this split: check list_file/folder, split "
+                            "and that --task preprocess wrote the .h5 files" % where)
+        return "%d %s pairs in %s" % (len(rows), split, where)
+
     @staticmethod
-    def _scan_folder(root: str, short_dir: str, long_dir: str) -> List[Tuple[str, str]]:
+    def _scan_folder(root: str, short_dir: str, long_dir: str,
+                     fs=LOCAL) -> List[Tuple[str, str]]:
         sdir, ldir = os.path.join(root, short_dir), os.path.join(root, long_dir)
         for d in (sdir, ldir):
-            if not os.path.isdir(d):
+            if not fs.isdir(d):
                 raise UserError("SID folder %s not found: set data.*.folder (or list_file) to "
                                 "where %s/ and %s/ are under data_url" % (d, short_dir, long_dir))
         longs: Dict[str, str] = {}
-        for name in sorted(os.listdir(ldir)):
+        for name in sorted(fs.listdir(ldir)):
             if name.endswith(".h5") and not name.startswith("."):
                 longs.setdefault(scene_id(name), os.path.join(ldir, name))
         rows = []
-        for name in sorted(os.listdir(sdir)):
+        for name in sorted(fs.listdir(sdir)):
             if name.endswith(".h5") and not name.startswith("."):
                 gt = longs.get(scene_id(name))
                 if gt is not None:

@@ -19,6 +19,7 @@ from typing import Dict, List, Sequence, Tuple
 import numpy as np
 
 from src.data.images import read_image, to_chw
+from src.data.listing import LOCAL
 from src.data.paired import IMAGE_EXTENSIONS, list_images
 from src.errors import UserError
 from src.registry import DATASETS
@@ -106,13 +107,24 @@ class UnpairedDehaze:
         self.hazy = self._folder(self.hazy_dir, "hazy")
         self.clear = self._folder(self.clear_dir, "clear")
 
+    @classmethod
+    def check_listing(cls, listing, path: str = "", hazy_dir: str = "trainA",
+                      clear_dir: str = "trainB", **_unused) -> str:
+        """What `--task=plan` says about this data set in a listing of data_url (names only):
+        the images found, or (UserError) the first folder the loader would miss."""
+        base = os.path.join(listing.root, path) if path else listing.root
+        hazy = cls._folder(os.path.join(base, hazy_dir), "hazy", listing)
+        clear = cls._folder(os.path.join(base, clear_dir), "clear", listing)
+        return "%d hazy, %d clear images (%s, %s)" % (
+            len(hazy), len(clear), os.path.join(base, hazy_dir), os.path.join(base, clear_dir))
+
     @staticmethod
-    def _folder(folder: str, what: str) -> List[str]:
-        if not os.path.isdir(folder):
+    def _folder(folder: str, what: str, fs=LOCAL) -> List[str]:
+        if not fs.isdir(folder):
             raise UserError("UnpairedDehaze: %s image folder %s does not exist (expected "
                             "<data>/trainA with hazy and <data>/trainB with clear images; set "
                             "data.train.path / hazy_dir / clear_dir)" % (what, folder))
-        files = [os.path.join(folder, name) for name in list_images(folder)]
+        files = [os.path.join(folder, name) for name in list_images(folder, fs)]
         if not files:
             raise UserError("UnpairedDehaze: no images (%s) in %s"
                             % ("/".join(IMAGE_EXTENSIONS), folder))

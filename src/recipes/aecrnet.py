@@ -61,6 +61,8 @@ def _multiple_of_4(value, key: str) -> int:
 @register_recipe
 class AECRNetRecipe(Recipe):
     name = "aecrnet"
+    WEIGHT_KEYS = ("net_weights", "loss.vgg_weights")  # read by build() below
+    WEIGHTS_IN_DATA_URL = True  # _resolve_path
 
     def __init__(self, cfg: dict, ctx: RecipeContext):
         super().__init__(cfg, ctx)

@@ -36,6 +36,11 @@ class RecipeContext:
 
 class Recipe(abc.ABC):
     name = ""
+    #: Config keys naming weight files that build() reads (a path, a path inside data_url, or
+    #: a URL): `--task=plan` checks they exist.
+    WEIGHT_KEYS: Tuple[str, ...] = ()
+    #: build() also finds a relative weights path inside the staged data_url.
+    WEIGHTS_IN_DATA_URL = False
 
     def __init__(self, cfg: dict, ctx: RecipeContext):
         self.cfg = cfg
@@ -143,6 +148,23 @@ class Recipe(abc.ABC):
         `checks.cfg`, `checks.for_tasks(...)`, `checks.number/multiple/require(...)`). Runs
         without MindSpore: never import it here. Default: nothing to add."""
         return None
+
+    @classmethod
+    def reads(cls, cfg: dict, task: str) -> List[str]:
+        """Config keys naming what `task` reads, for the checks before anything is staged
+        (src/preflight.py): data set specs (`data.train`: {type: ...}) and files (weights,
+        checkpoints). `plan` reads what train reads. Training evaluates on data.val; eval reads
+        only data.val; export and other model tasks read no data set; synth and preprocess
+        build no model."""
+        if task in ("synth", "preprocess"):
+            return []
+        data = cfg.get("data") or {}
+        sets = [key for key in ("train", "val") if isinstance(data.get(key), dict)
+                and data[key].get("type")]
+        if task in ("train", "plan"):
+            return ["data." + k for k in sets] + ["train.resume"] + list(cls.WEIGHT_KEYS)
+        keys = ["data.val"] if task == "eval" and "val" in sets else []
+        return keys + ["eval.checkpoint"] + list(cls.WEIGHT_KEYS)
 
     @classmethod
     @abc.abstractmethod

@@ -241,6 +241,7 @@ def _build_objectives():
 @register_recipe
 class SinGANDehazeRecipe(Recipe):
     name = "singan_dehaze"
+    WEIGHT_KEYS = ("loss.vgg_weights",)  # read by build() below
 
     def __init__(self, cfg: dict, ctx):
         super().__init__(cfg, ctx)
