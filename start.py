@@ -70,13 +70,19 @@ class Invocation:
                 found = value
         return found
 
+    @property
+    def ckpt_key(self) -> str:
+        """The config key --ckpt_url sets for this task ('' when it sets none)."""
+        if not self.ckpt_url or self.task in NO_MODEL_TASKS:
+            return ""
+        return "net_weights" if self.task in CKPT_TO_NET_WEIGHTS else "eval.checkpoint"
+
     def routed_overrides(self) -> list:
         """The overrides with --ckpt_url routed to the key this task reads; first, so that an
         explicit --net_weights or --eval.checkpoint wins."""
-        if not self.ckpt_url or self.task in NO_MODEL_TASKS:
+        if not self.ckpt_key:
             return list(self.overrides)
-        key = "net_weights" if self.task in CKPT_TO_NET_WEIGHTS else "eval.checkpoint"
-        return ["%s=%s" % (key, self.ckpt_url)] + list(self.overrides)
+        return ["%s=%s" % (self.ckpt_key, self.ckpt_url)] + list(self.overrides)
 
 
 USAGE = __doc__.split("\n\n")[1].strip()
@@ -139,7 +145,7 @@ def main(argv=None) -> int:
     from modelarts import launch_guard
     from modelarts.context import apply_context, plan_context
     from modelarts.environment import detect_environment, msrun_launch
-    from src.config import load_config
+    from src.config import get_path, load_config
 
     job = None
     try:
@@ -149,7 +155,13 @@ def main(argv=None) -> int:
         setup_console(0, console)
         from src.config_source import locate_config
         source = locate_config(inv.config, inv.override_value("data_url"), HERE, DEFAULT_CONFIG)
-        cfg = load_config(source.path, inv.routed_overrides())
+        cfg = load_config(source.path, inv.overrides)
+        if inv.ckpt_key:
+            if get_path(cfg, inv.ckpt_key, None) is None:
+                raise UserError("--ckpt_url: model %s has no %s to start from; to continue a "
+                                "run from a checkpoint use --train.resume=%s"
+                                % (cfg["model"], inv.ckpt_key, inv.ckpt_url))
+            cfg = load_config(source.path, inv.routed_overrides())
         from src import preflight
         from src.checks import check_values
         if inv.task != "plan":  # plan lists every problem with the other checks
@@ -161,6 +173,8 @@ def main(argv=None) -> int:
         setup_console(0 if inv.task == "plan" else env.global_rank, console)
         for arg in inv.ignored:
             log.info("ignoring platform argument %s", arg)
+        if inv.ckpt_key:
+            log.info("--ckpt_url=%s sets %s", inv.ckpt_url, inv.ckpt_key)
         plan = plan_context(env, cfg["mode"])
         if env.is_scheduler and inv.task != "plan":
             # msrun starts this file once more as its scheduler: it serves the cluster inside

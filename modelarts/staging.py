@@ -144,7 +144,9 @@ class NodeOnce:
     def _wait(self, markers: Dict[str, str], what: str) -> dict:
         waited_since = time.time()
         next_report = waited_since + WAIT_REPORT_S
-        log.info("waiting for local rank 0 to copy %s", what)
+        log.info("waiting for local rank 0 to copy %s (%.0f s left: the wait ends %.0f s after "
+                 "the copier's last sign of life, rank_table_timeout)", what, self.timeout,
+                 self.timeout)
         while True:
             done = read_json(markers["done"])
             if self._fresh(done):
@@ -168,8 +170,9 @@ class NodeOnce:
                     "%.0f s (rank_table_timeout=%g): see logs/rank_*.log of this node's first "
                     "rank" % (now - waited_since, what, now - alive, self.timeout))
             if now >= next_report:
-                log.info("still waiting for local rank 0 to copy %s (%.0f s so far, copier "
-                         "%s)", what, now - waited_since,
-                         "alive" if self._fresh(running) else "not started yet")
+                log.info("still waiting for local rank 0 to copy %s: copier %s, %.0f s so far, "
+                         "%.0f s left", what,
+                         "alive" if self._fresh(running) else "not started yet",
+                         now - waited_since, self.timeout - (now - alive))
                 next_report = now + WAIT_REPORT_S
             time.sleep(POLL_S)

@@ -119,7 +119,7 @@ def _data_url(cfg: dict, retries: int):
     except UserError as err:
         return Check("data_url", False, "cannot list %s: %s" % (url, err)), None
     if not files:
-        return Check("data_url", False, "%s holds no files (or does not exist): upload the "
+        return Check("data_url", False, "%s does not exist or holds no files: upload the "
                      "data set there or fix --data_url" % url), None
     listing = Listing(url if obs_sync.is_remote(url) else os.path.abspath(url), files)
     return Check("data_url", True, "%s: %d files listed" % (url, len(files))), listing
