@@ -117,7 +117,7 @@ def _data_url(cfg: dict, retries: int):
     try:
         files = obs_sync.list_files(url, retries=retries)
     except UserError as err:
-        return Check("data_url", False, "cannot list %s: %s" % (url, err)), None
+        return Check("data_url", False, str(err)), None  # it names the URL and the endpoint
     if not files:
         return Check("data_url", False, "%s does not exist or holds no files: upload the "
                      "data set there or fix --data_url" % url), None
@@ -157,7 +157,7 @@ def _file(key: str, value: str, listing, retries: int) -> Check:
         try:
             found = obs_sync.exists(value, retries=retries)
         except UserError as err:
-            return Check(key, False, "cannot stat %s: %s" % (value, err))
+            return Check(key, False, str(err))
         return Check(key, found, "%s exists" % value if found
                      else "%s does not exist: %s" % (value, fix))
     if os.path.exists(value):

@@ -106,7 +106,9 @@ def test_storage_outage_at_job_start_is_one_line(faulty_s3, tmp_path):
     assert time.monotonic() - started < 30
     assert res.returncode == 2
     line = one_error_line(res)
-    assert "s3://%s/out" % faulty_s3.name in line and faulty_s3.endpoint in line
+    # The first storage call of a job is the checks' listing of data_url.
+    assert line.startswith("error: data_url: list s3://%s/data/" % faulty_s3.name)
+    assert faulty_s3.endpoint in line
     assert "failed after 2 attempts" in line and "503" in line
     assert faulty_s3.secret_key not in res.stdout + res.stderr
     assert s3_keys(faulty_s3, "out/") == []
@@ -122,7 +124,7 @@ def test_endpoint_down_is_one_line_naming_it(faulty_s3, tmp_path):
                  "--cache_dir=%s" % (tmp_path / "cache")] + TINY_AECRNET, env)
     assert res.returncode == 2
     line = one_error_line(res)
-    assert dead in line and "s3://%s/out" % faulty_s3.name in line
+    assert dead in line and "s3://%s/data" % faulty_s3.name in line  # the checks' listing
     assert "Connection refused" in line
 
 
