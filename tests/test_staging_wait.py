@@ -30,8 +30,9 @@ def test_waiting_for_the_copy_is_said_at_once_and_periodically(tmp_path, monkeyp
     lines = [r.getMessage() for r in caplog.records]
     assert lines[0].startswith("waiting for local rank 0 to copy obs://b/d (60 s left")
     still = [line for line in lines if line.startswith("still waiting")]
-    assert 2 <= len(still) <= 6, lines
+    assert 1 <= len(still) <= 6, lines  # ~4 in 0.9 s; fewer on a loaded machine
     # What is awaited, its state, the time so far and the seconds left.
     assert re.match(r"still waiting for local rank 0 to copy obs://b/d: copier alive, \d+ s so "
-                    r"far, (59|60) s left$", still[-1]), still[-1]
-    assert lines[-1].startswith("using obs://b/d as copied by local rank 0 (waited 0.")
+                    r"far, (5\d|60) s left$", still[-1]), still[-1]
+    assert re.match(r"using obs://b/d as copied by local rank 0 \(waited \d+\.\d s\)$",
+                    lines[-1]), lines[-1]
