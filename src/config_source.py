@@ -8,7 +8,7 @@ through obs_sync into a private folder that also shows the repository's configs/
 that is neither there nor in the repository is fetched from beside the remote file.
 
 `locate_config(config, data_url, code_dir)` returns a `ConfigSource`: the local file to load
-and, for a remote one, the URL it came from (plan and the run record name the URL).
+and, for a fetched one, where it came from (plan names it).
 """
 from __future__ import annotations
 
@@ -28,17 +28,18 @@ _BASE_KEY = "base"
 
 
 class ConfigSource:
-    """`path`: the local file to load; `url`: the obs:// / s3:// URL it was fetched from
-    ('' for a local file); `found_in`: how it was found, for plan's checks."""
+    """`path`: the local file to load; `origin`: where it was fetched from (a URL, or a path
+    inside a local data_url; '' when `path` is the file given); `found_in`: how it was found,
+    for plan's checks."""
 
-    def __init__(self, path: str, url: str = "", found_in: str = ""):
+    def __init__(self, path: str, origin: str = "", found_in: str = ""):
         self.path = path
-        self.url = url
+        self.origin = origin
         self.found_in = found_in
 
     @property
     def name(self) -> str:
-        return self.url or self.path
+        return self.origin or self.path
 
 
 def locate_config(config: str, data_url: str, code_dir: str,
@@ -57,12 +58,9 @@ def locate_config(config: str, data_url: str, code_dir: str,
     looked = [os.path.abspath(config), in_code]
     if data_url:
         inside = _join(data_url, config)
-        if obs_sync.is_remote(inside):
-            if obs_sync.exists(inside):
-                return ConfigSource(fetch_config(inside), inside,
-                                    "fetched from data_url: %s" % inside)
-        elif os.path.isfile(inside):
-            return ConfigSource(inside, "", "found in data_url: %s" % inside)
+        if obs_sync.exists(inside):  # fetched like a URL, so shipped bases resolve here too
+            return ConfigSource(fetch_config(inside), inside,
+                                "fetched from data_url: %s" % inside)
         looked.append(inside)
     raise UserError("config file %s not found (looked for %s): give a path in the code "
                     "directory, an obs:// URL, or a path inside --data_url"

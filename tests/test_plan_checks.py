@@ -312,3 +312,14 @@ def test_train_runs_the_same_checks_before_staging(env, tmp_path):
         "and the data set's path)" % AECRNET_DATA)
     assert not (tmp_path / "cache").exists(), "nothing staged"
     assert not (tmp_path / "obs" / "demo" / "aecrnet" / "out").exists(), "nothing written"
+
+
+def test_config_inside_a_local_data_url(env, tmp_path):
+    data = tmp_path / "data"
+    lay_out(data, "", DEMO_DATA["demo/aecrnet/data"])
+    (data / "my.yaml").write_text("base: aecrnet_demo.yaml\ntrain:\n  max_steps: 5\n")
+    res, out, _ = plan(["--config=my.yaml", "--data_url=%s" % data], env)
+    assert res.returncode == 0, res.stderr
+    assert out["config"]["train"]["max_steps"] == 5
+    assert checks(out)["config"] == (True, "fetched from data_url: %s/my.yaml" % data)
+    assert out["config_file"] == "%s/my.yaml" % data
