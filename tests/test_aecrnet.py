@@ -426,6 +426,43 @@ def test_recipe_trains_predicts_and_exports(tmp_path):
     assert set(recipe.checkpoint_cells()) == {"net", "opt"}
 
 
+def test_fine_tuning_starts_from_the_packages_own_best_ckpt(tmp_path, caplog):
+    """net_weights=<an earlier run>/ckpt/best.ckpt: the net starts from its weights, the
+    optimizer starts afresh (step 0, zero moments), one line says what was left out."""
+    import logging
+
+    from src.engine.checkpoint import CheckpointManager
+    from src.engine.loop import train
+    from src.recipes.aecrnet import AECRNetRecipe
+    from src.recipes.base import RecipeContext
+
+    data = tmp_path / "data"
+    over = {"train.max_steps": 2, "train.eval_every": 2, "train.log_every": 1}
+    AECRNetRecipe.synthesize(_tiny_cfg(tmp_path, **over), str(data))
+    ctx = RecipeContext(data_dir=str(data), output_dir=str(tmp_path / "first"))
+    first = AECRNetRecipe(_tiny_cfg(tmp_path, **over), ctx)
+    first.build()
+    manager = CheckpointManager(str(tmp_path / "first" / "ckpt"))
+    train(first, first.cfg, output_dir=ctx.output_dir, ckpt=manager, is_main=True)
+    best = tmp_path / "first" / "ckpt" / "best.ckpt"
+    assert best.is_file()
+
+    cfg = _tiny_cfg(tmp_path, net_weights=str(best), **over)
+    tuned = AECRNetRecipe(cfg, RecipeContext(data_dir=str(data),
+                                             output_dir=str(tmp_path / "second")))
+    with caplog.at_level(logging.INFO):
+        tuned.build()
+    lines = [r.getMessage() for r in caplog.records if "training checkpoint" in r.getMessage()]
+    assert len(lines) == 1 and "step 2" in lines[0] and "opt.*" in lines[0], lines
+    for (name, want), (_, got) in zip(first.net.parameters_and_names(),
+                                      tuned.net.parameters_and_names()):
+        np.testing.assert_array_equal(got.asnumpy(), want.asnumpy(), err_msg=name)
+    assert int(tuned.optimizer.global_step.asnumpy().reshape(-1)[0]) == 0
+    assert all(not m.asnumpy().any() for m in tuned.optimizer.moment1)
+    batch = next(iter(tuned.train_loader()))
+    assert np.isfinite(float(tuned.train_step(batch)["loss"].asnumpy()))
+
+
 # ---------------------------------------------------------------------------------------------
 # VGG features
 
