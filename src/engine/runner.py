@@ -184,7 +184,7 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
         ctx = RecipeContext(data_dir=data_dir, output_dir=job.output_dir,
                             num_shards=plan.num_shards, shard_id=plan.shard_id,
                             distributed=plan.parallel_mode == "data_parallel",
-                            is_main=is_main, seed=int(cfg["seed"]))
+                            is_main=is_main, seed=int(cfg["seed"]), task=task)
         recipe = recipe_cls(cfg, ctx)
         recipe.build()
     job.update_run(model=recipe.describe())

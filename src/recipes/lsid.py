@@ -122,8 +122,12 @@ class LSIDRecipe(Recipe):
                      % float(self.cfg["data"]["train"].get("max_ratio", 300.0)),
             "output_scale": 2,
         })
-        if self.ctx.data_dir:  # train/eval jobs (export has no data): pairs, scenes, ratios
-            info["train_data"] = self.source("train").describe()
+        # The pairs, scenes and ratios of the data this job reads (an export reads none): an
+        # evaluation needs only its own list or folder, not the training one.
+        key = {"train": "train", "eval": "val"}.get(self.ctx.task)
+        source = self.source(key) if self.ctx.data_dir and key else None
+        if source is not None:
+            info["%s_data" % key] = source.describe()
         return info
 
     # -- data tasks -------------------------------------------------------------------------
