@@ -45,6 +45,7 @@ from modelarts import run_record
 from modelarts.outputs import LogPusher, Pusher, prune_checkpoints, remote_join
 from modelarts.staging import NodeOnce, process_start_time, read_json, write_json
 from src.engine import interrupts
+from src.engine.curves import CSV_NAME as METRICS_CSV
 from src.errors import UserError, reraise_disk_error
 
 log = logging.getLogger(__name__)
@@ -622,6 +623,10 @@ class Job:
                 wanted = [rel]
                 if run_record.BEST_NAME in self._found_ckpts:
                     wanted.append(run_record.CKPT_DIR + "/" + run_record.BEST_NAME)
+                # The metric history continues too (src/engine/curves.py).
+                if obs_sync.exists(remote_join(self.upload_to, METRICS_CSV),
+                                   retries=self.retries):
+                    wanted.append(METRICS_CSV)
                 for item in wanted:
                     obs_sync.sync(remote_join(self.upload_to, item),
                                   os.path.join(self.output_dir, *item.split("/")),

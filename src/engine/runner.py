@@ -241,6 +241,12 @@ def _on_event(job, name: str, data: dict) -> None:
         job.update_run(last_eval=data)
     elif name == "checkpoint":
         job.push_log()
+        # The metric history travels with the checkpoints (src/engine/curves.py).
+        from src.engine.curves import CSV_NAME, PLOT_NAME
+        for rel in (CSV_NAME, PLOT_NAME):
+            path = os.path.join(job.output_dir, rel)
+            if os.path.isfile(path):
+                job.push(path)
 
 
 def _sync_options(cfg: dict) -> dict:
