@@ -383,6 +383,34 @@ def test_run_without_vgg_weights_is_labelled(tmp_path, caplog):
     assert any("NO VGG19 weights" in r.message for r in caplog.records)
 
 
+def test_eval_and_export_build_no_vgg_and_read_only_the_net(tmp_path, caplog):
+    """The contrastive loss's VGG (and its random-weights banner) is a training matter: an
+    evaluation or export builds the net alone and reads a training checkpoint's net.*."""
+    import logging
+
+    from src.engine.checkpoint import CheckpointManager
+    from src.recipes.aecrnet import AECRNetRecipe
+    from src.recipes.base import RecipeContext
+
+    cfg = _tiny_cfg(tmp_path, **{"loss.cr_weight": 0.1})
+    trained = AECRNetRecipe(cfg, RecipeContext(data_dir="", output_dir=str(tmp_path)))
+    with caplog.at_level(logging.WARNING):
+        trained.build()
+    assert any("NO PRETRAINED WEIGHTS" in r.getMessage() for r in caplog.records)
+    path = CheckpointManager(str(tmp_path / "ckpt")).save(3, trained.checkpoint_cells())
+    caplog.clear()
+    for task in ("eval", "export"):
+        recipe = AECRNetRecipe(cfg, RecipeContext(data_dir="", output_dir=str(tmp_path),
+                                                  task=task))
+        with caplog.at_level(logging.INFO):
+            recipe.build()
+        assert set(recipe.checkpoint_cells()) == {"net"}
+        assert recipe.describe()["vgg_weights"].startswith("not built")
+        assert CheckpointManager(str(tmp_path / "ckpt")).load(path, recipe.checkpoint_cells()
+                                                              )["step"] == 3
+    assert not any("VGG" in r.getMessage() for r in caplog.records), caplog.records
+
+
 def test_lr_schedule_is_the_authors_cosine():
     from src.recipes.aecrnet import lr_schedule
 

@@ -115,6 +115,10 @@ class AECRNetRecipe(Recipe):
 
             load_net_weights(self.net, weights)
             log.info("initialised AECRNet from %s", weights)
+        if self.ctx.task != "train":
+            # Evaluating or exporting runs the net only: no loss (and its VGG), no optimizer.
+            self.net.set_train(True)
+            return
         lc = cfg["loss"]
         self.vgg_weights = self._resolve_path(lc["vgg_weights"], "loss.vgg_weights")
         self.loss = AECRLoss(l1_weight=float(lc["l1_weight"]), cr_weight=float(lc["cr_weight"]),
@@ -158,6 +162,8 @@ class AECRNetRecipe(Recipe):
         return np.clip(self.infer(self.net, x), 0.0, 1.0)
 
     def checkpoint_cells(self) -> dict:
+        if self.optimizer is None:  # built for eval / export: a checkpoint's opt.* is not read
+            return {"net": self.net}
         return {"net": self.net, "opt": self.optimizer}
 
     def export_cell(self) -> Tuple[object, List[np.ndarray]]:
@@ -173,6 +179,8 @@ class AECRNetRecipe(Recipe):
         lc = self.cfg["loss"]
         if float(lc["cr_weight"]) <= 0:
             vgg = "unused (loss.cr_weight = 0)"
+        elif self.loss is None and self.net is not None:
+            vgg = "not built (task %s: no loss)" % self.ctx.task
         elif self.loss is not None and self.loss.vgg_pretrained:
             vgg = self.vgg_weights
         else:
