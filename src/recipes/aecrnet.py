@@ -100,9 +100,8 @@ class AECRNetRecipe(Recipe):
 
     def build(self) -> None:
         import mindspore as ms
-        from mindspore import nn
 
-        from src.engine.step import build_train_step
+        from src.engine.step import adam, build_train_step
         from src.losses.contrastive import AECRLoss
         from src.nets.aecrnet import AECRNet  # noqa: F401  (registers the net)
         from src.registry import NETS
@@ -134,7 +133,7 @@ class AECRNetRecipe(Recipe):
         self.lrs = lr_schedule(float(oc["lr"]), int(cfg["train"]["max_steps"]),
                                str(sc.get("type", "cosine")), int(sc.get("warmup_steps", 0)),
                                float(sc.get("min_lr", 0.0)))
-        self.optimizer = nn.Adam(self.net.trainable_params(), learning_rate=ms.Tensor(self.lrs),
+        self.optimizer = adam(self.net.trainable_params(), learning_rate=ms.Tensor(self.lrs),
                                  beta1=float(oc["beta1"]), beta2=float(oc["beta2"]),
                                  eps=float(oc["eps"]), weight_decay=float(oc["weight_decay"]))
         net, loss = self.net, self.loss
