@@ -38,6 +38,8 @@ def read_image(path: str) -> np.ndarray:
     except OSError as exc:
         raise UserError("cannot read image %s: %s" % (path, exc)) from exc
     declared = check_image_bytes(raw, path)
+    if raw[:8].tobytes() == _PNG_SIGNATURE:
+        raw = _without_colour_profile(raw)
     img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
     if img is None:
         raise UserError("cannot decode image %s (%d bytes): corrupt, truncated or not an image; "
@@ -185,6 +187,27 @@ def _check_png(data: np.ndarray, path: str) -> Tuple[int, int]:
     if not idat:
         raise _corrupt(path, "PNG has no image data (IDAT)")
     return size
+
+
+def _without_colour_profile(data: np.ndarray) -> np.ndarray:
+    """A checked PNG's bytes without its iCCP chunk (an embedded ICC colour profile). OpenCV
+    never applies colour profiles, but its libpng prints "libpng warning: iCCP: known incorrect
+    sRGB profile" to the console on every decode of a file whose profile it dislikes (common
+    in photos and scikit-image's sample images). The pixels are the same either way."""
+    buf = memoryview(data)
+    keep, pos, n = [bytes(buf[:8])], 8, int(data.size)
+    dropped = False
+    while pos + 12 <= n:
+        length = int.from_bytes(buf[pos:pos + 4], "big")
+        end = pos + 12 + length
+        if bytes(buf[pos + 4:pos + 8]) == b"iCCP":
+            dropped = True
+        else:
+            keep.append(bytes(buf[pos:end]))
+        if bytes(buf[pos + 4:pos + 8]) in (b"IEND", b"IDAT") and not dropped:
+            return data  # iCCP must come before the image data: none here
+        pos = end
+    return np.frombuffer(b"".join(keep), dtype=np.uint8) if dropped else data
 
 
 def save_png(path: str, hwc: np.ndarray) -> str:
