@@ -55,6 +55,8 @@ LOCAL_CACHE = os.path.join("runs", "cache")
 # Files that must not leave the node: checkpoint writers' temporaries, obs_sync's own.
 UPLOAD_EXCLUDE = (".*.tmp*", "*/.*.tmp*", "*" + obs_sync.TMP_SUFFIX)
 TRAIN = "train"
+# A log record with this attribute set is written to the rank's log file, not the console.
+FILE_ONLY = "file_only"
 
 
 class JobInterrupted(SystemExit):
@@ -293,8 +295,11 @@ class Job:
         if status == "finished":
             log.info("job %s finished in %.1f s", self.env.job_id, ended - self._started)
         else:
+            # A UserError ends the console with start.py's one "error: ..." line: this one
+            # is for the rank's log file (FILE_ONLY), not a second copy on the console.
             log.error("job %s %s after %.1f s: %s", self.env.job_id, status,
-                      ended - self._started, error)
+                      ended - self._started, error,
+                      extra={FILE_ONLY: isinstance(exc, UserError)})
         durations = dict(self.run.get("durations") or {}, total_s=round(ended - self._started, 3))
         if self._recording:
             with self._run_lock:
@@ -328,11 +333,10 @@ class Job:
 
     def _final_upload(self, durations: dict) -> None:
         started = time.time()
-        report = obs_sync.sync(self.output_dir, self.upload_to,
-                               exclude=UPLOAD_EXCLUDE + ("logs/*", run_record.RECORD_NAME),
-                               **self.sync_options)
+        obs_sync.sync(self.output_dir, self.upload_to,
+                      exclude=UPLOAD_EXCLUDE + ("logs/*", run_record.RECORD_NAME),
+                      verb="uploaded outputs", **self.sync_options)
         durations["final_upload_s"] = round(time.time() - started, 3)
-        log.info("uploaded outputs to %s: %s", self.upload_to, report.summary())
         # Checkpoints whose own push failed went up just now: point to them too.
         for kind, (path, mtime_ns, info) in list(self._unpointed.items()):
             self._point(kind, path, mtime_ns, info)
@@ -749,10 +753,10 @@ class Job:
 
         def copy() -> dict:
             try:
-                report = obs_sync.sync(url, dest, delete=True, **self.sync_options)
+                report = obs_sync.sync(url, dest, delete=True, verb="staged",
+                                       **self.sync_options)
             except OSError as err:
                 reraise_disk_error(err, dest)
-            log.info("staged %s -> %s: %s", url, dest, report.summary())
             return {"files": report.files, "skipped": report.skipped}
 
         self._staging.run("%s|%s" % (kind, url), url, copy)
