@@ -980,7 +980,7 @@ def _run_all(pool: concurrent.futures.Executor, calls: List[Callable[[], object]
 @_scrubbed
 def sync(src: str, dst: str, *, threads: int = 8, retries: int = 3, backend=None,
          incremental: bool = True, exclude: Iterable[str] = (),
-         delete: bool = False) -> SyncReport:
+         delete: bool = False, verb: str = "synced") -> SyncReport:
     """Copy the file or folder ``src`` to ``dst`` (local paths or obs://, s3:// URLs).
 
     A folder's contents land in ``dst`` (like ``rsync src/ dst/``). A file lands at ``dst``, or
@@ -990,7 +990,9 @@ def sync(src: str, dst: str, *, threads: int = 8, retries: int = 3, backend=None
     ``dst``). ``delete`` (folders only, like ``rsync --delete``): once every copy succeeded,
     files under ``dst`` that are not in ``src`` and not excluded are removed, so ``dst``
     mirrors ``src``. ``backend``: None (automatic), a name (moxing|sdk|mock) or a
-    ``RemoteBackend``. ``threads`` >= 1 and ``retries`` >= 0, else ``UserError``."""
+    ``RemoteBackend``. ``threads`` >= 1 and ``retries`` >= 0, else ``UserError``. ``verb``
+    starts the one log line that reports the copy ("staged", "uploaded outputs"): a caller
+    names what the copy was for instead of logging the summary a second time."""
     start = time.monotonic()
     threads = _count("threads", threads, 1)
     retries = _count("retries", retries, 0)
@@ -1005,7 +1007,7 @@ def sync(src: str, dst: str, *, threads: int = 8, retries: int = 3, backend=None
     report.seconds = time.monotonic() - start
     # Single-file pushes (each checkpoint, run.json updates) would flood the job log.
     level = logging.DEBUG if report.files + report.skipped == 1 else logging.INFO
-    log.log(level, "synced %s -> %s: %s", s.url, d.url, report.summary())
+    log.log(level, "%s %s -> %s: %s", verb, s.url, d.url, report.summary())
     return report
 
 

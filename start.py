@@ -136,6 +136,9 @@ def setup_console(rank: int, stream=None) -> None:
     handler.setFormatter(logging.Formatter(
         "%(asctime)s [rank " + str(rank) + "] %(levelname)s %(message)s", "%H:%M:%S"))
     handler.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    # Records the job marks for its log file only (modelarts/job.py FILE_ONLY) would repeat
+    # what the console says anyway.
+    handler.addFilter(lambda record: not getattr(record, "file_only", False))
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(logging.INFO)

@@ -45,6 +45,7 @@ from modelarts import run_record
 from modelarts.outputs import LogPusher, Pusher, prune_checkpoints, remote_join
 from modelarts.staging import NodeOnce, process_start_time, read_json, write_json
 from src.engine import interrupts
+from src.engine.curves import CSV_NAME as METRICS_CSV
 from src.errors import UserError, reraise_disk_error
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,8 @@ LOCAL_CACHE = os.path.join("runs", "cache")
 # Files that must not leave the node: checkpoint writers' temporaries, obs_sync's own.
 UPLOAD_EXCLUDE = (".*.tmp*", "*/.*.tmp*", "*" + obs_sync.TMP_SUFFIX)
 TRAIN = "train"
+# A log record with this attribute set is written to the rank's log file, not the console.
+FILE_ONLY = "file_only"
 
 
 class JobInterrupted(SystemExit):
@@ -292,8 +295,11 @@ class Job:
         if status == "finished":
             log.info("job %s finished in %.1f s", self.env.job_id, ended - self._started)
         else:
+            # A UserError ends the console with start.py's one "error: ..." line: this one
+            # is for the rank's log file (FILE_ONLY), not a second copy on the console.
             log.error("job %s %s after %.1f s: %s", self.env.job_id, status,
-                      ended - self._started, error)
+                      ended - self._started, error,
+                      extra={FILE_ONLY: isinstance(exc, UserError)})
         durations = dict(self.run.get("durations") or {}, total_s=round(ended - self._started, 3))
         if self._recording:
             with self._run_lock:
@@ -327,11 +333,10 @@ class Job:
 
     def _final_upload(self, durations: dict) -> None:
         started = time.time()
-        report = obs_sync.sync(self.output_dir, self.upload_to,
-                               exclude=UPLOAD_EXCLUDE + ("logs/*", run_record.RECORD_NAME),
-                               **self.sync_options)
+        obs_sync.sync(self.output_dir, self.upload_to,
+                      exclude=UPLOAD_EXCLUDE + ("logs/*", run_record.RECORD_NAME),
+                      verb="uploaded outputs", **self.sync_options)
         durations["final_upload_s"] = round(time.time() - started, 3)
-        log.info("uploaded outputs to %s: %s", self.upload_to, report.summary())
         # Checkpoints whose own push failed went up just now: point to them too.
         for kind, (path, mtime_ns, info) in list(self._unpointed.items()):
             self._point(kind, path, mtime_ns, info)
@@ -622,6 +627,10 @@ class Job:
                 wanted = [rel]
                 if run_record.BEST_NAME in self._found_ckpts:
                     wanted.append(run_record.CKPT_DIR + "/" + run_record.BEST_NAME)
+                # The metric history continues too (src/engine/curves.py).
+                if obs_sync.exists(remote_join(self.upload_to, METRICS_CSV),
+                                   retries=self.retries):
+                    wanted.append(METRICS_CSV)
                 for item in wanted:
                     obs_sync.sync(remote_join(self.upload_to, item),
                                   os.path.join(self.output_dir, *item.split("/")),
@@ -744,10 +753,10 @@ class Job:
 
         def copy() -> dict:
             try:
-                report = obs_sync.sync(url, dest, delete=True, **self.sync_options)
+                report = obs_sync.sync(url, dest, delete=True, verb="staged",
+                                       **self.sync_options)
             except OSError as err:
                 reraise_disk_error(err, dest)
-            log.info("staged %s -> %s: %s", url, dest, report.summary())
             return {"files": report.files, "skipped": report.skipped}
 
         self._staging.run("%s|%s" % (kind, url), url, copy)

@@ -383,6 +383,34 @@ def test_run_without_vgg_weights_is_labelled(tmp_path, caplog):
     assert any("NO VGG19 weights" in r.message for r in caplog.records)
 
 
+def test_eval_and_export_build_no_vgg_and_read_only_the_net(tmp_path, caplog):
+    """The contrastive loss's VGG (and its random-weights banner) is a training matter: an
+    evaluation or export builds the net alone and reads a training checkpoint's net.*."""
+    import logging
+
+    from src.engine.checkpoint import CheckpointManager
+    from src.recipes.aecrnet import AECRNetRecipe
+    from src.recipes.base import RecipeContext
+
+    cfg = _tiny_cfg(tmp_path, **{"loss.cr_weight": 0.1})
+    trained = AECRNetRecipe(cfg, RecipeContext(data_dir="", output_dir=str(tmp_path)))
+    with caplog.at_level(logging.WARNING):
+        trained.build()
+    assert any("NO PRETRAINED WEIGHTS" in r.getMessage() for r in caplog.records)
+    path = CheckpointManager(str(tmp_path / "ckpt")).save(3, trained.checkpoint_cells())
+    caplog.clear()
+    for task in ("eval", "export"):
+        recipe = AECRNetRecipe(cfg, RecipeContext(data_dir="", output_dir=str(tmp_path),
+                                                  task=task))
+        with caplog.at_level(logging.INFO):
+            recipe.build()
+        assert set(recipe.checkpoint_cells()) == {"net"}
+        assert recipe.describe()["vgg_weights"].startswith("not built")
+        assert CheckpointManager(str(tmp_path / "ckpt")).load(path, recipe.checkpoint_cells()
+                                                              )["step"] == 3
+    assert not any("VGG" in r.getMessage() for r in caplog.records), caplog.records
+
+
 def test_lr_schedule_is_the_authors_cosine():
     from src.recipes.aecrnet import lr_schedule
 
@@ -424,6 +452,43 @@ def test_recipe_trains_predicts_and_exports(tmp_path):
     assert examples[0].shape == (1, 3, 16, 16)
     assert cell(T(examples[0])).shape == (1, 3, 16, 16)
     assert set(recipe.checkpoint_cells()) == {"net", "opt"}
+
+
+def test_fine_tuning_starts_from_the_packages_own_best_ckpt(tmp_path, caplog):
+    """net_weights=<an earlier run>/ckpt/best.ckpt: the net starts from its weights, the
+    optimizer starts afresh (step 0, zero moments), one line says what was left out."""
+    import logging
+
+    from src.engine.checkpoint import CheckpointManager
+    from src.engine.loop import train
+    from src.recipes.aecrnet import AECRNetRecipe
+    from src.recipes.base import RecipeContext
+
+    data = tmp_path / "data"
+    over = {"train.max_steps": 2, "train.eval_every": 2, "train.log_every": 1}
+    AECRNetRecipe.synthesize(_tiny_cfg(tmp_path, **over), str(data))
+    ctx = RecipeContext(data_dir=str(data), output_dir=str(tmp_path / "first"))
+    first = AECRNetRecipe(_tiny_cfg(tmp_path, **over), ctx)
+    first.build()
+    manager = CheckpointManager(str(tmp_path / "first" / "ckpt"))
+    train(first, first.cfg, output_dir=ctx.output_dir, ckpt=manager, is_main=True)
+    best = tmp_path / "first" / "ckpt" / "best.ckpt"
+    assert best.is_file()
+
+    cfg = _tiny_cfg(tmp_path, net_weights=str(best), **over)
+    tuned = AECRNetRecipe(cfg, RecipeContext(data_dir=str(data),
+                                             output_dir=str(tmp_path / "second")))
+    with caplog.at_level(logging.INFO):
+        tuned.build()
+    lines = [r.getMessage() for r in caplog.records if "training checkpoint" in r.getMessage()]
+    assert len(lines) == 1 and "step 2" in lines[0] and "opt.*" in lines[0], lines
+    for (name, want), (_, got) in zip(first.net.parameters_and_names(),
+                                      tuned.net.parameters_and_names()):
+        np.testing.assert_array_equal(got.asnumpy(), want.asnumpy(), err_msg=name)
+    assert int(tuned.optimizer.global_step.asnumpy().reshape(-1)[0]) == 0
+    assert all(not m.asnumpy().any() for m in tuned.optimizer.moment1)
+    batch = next(iter(tuned.train_loader()))
+    assert np.isfinite(float(tuned.train_step(batch)["loss"].asnumpy()))
 
 
 # ---------------------------------------------------------------------------------------------

@@ -181,13 +181,27 @@ def test_load_net_weights_plain_and_prefixed(tmp_path):
     ms.save_checkpoint(src, plain)
     dst, _, _ = _setup(1)
     report = load_net_weights(dst, plain)
-    assert report == {"loaded": 4, "missing": [], "unexpected": []}
+    assert report == {"loaded": 4, "missing": [], "unexpected": [], "prefix": "", "step": None}
     np.testing.assert_array_equal(dst.b.weight.asnumpy(), src.b.weight.asnumpy())
 
-    train_ckpt = CheckpointManager(str(tmp_path / "c")).save(1, {"net": src, "opt": opt}, {})
-    with pytest.raises(UserError, match=r"names start with net\., opt\.: pass that as the prefix"):
-        load_net_weights(dst, train_ckpt)
+    # A training checkpoint of this package: the net's entries, the optimizer's left out.
+    train_ckpt = CheckpointManager(str(tmp_path / "c")).save(7, {"net": src, "opt": opt}, {})
+    fresh, _, _ = _setup(2)
+    report = load_net_weights(fresh, train_ckpt)
+    assert (report["prefix"], report["step"], report["loaded"]) == ("net.", 7, 4)
+    np.testing.assert_array_equal(fresh.a.weight.asnumpy(), src.a.weight.asnumpy())
     assert load_net_weights(dst, train_ckpt, prefix="net.")["loaded"] == 4
+    class Other(nn.Cell):
+        def __init__(self):
+            super().__init__()
+            self.c = nn.Dense(3, 4)
+
+    with pytest.raises(UserError, match=r"none of the parameters of Other .*start with a\., b\."):
+        load_net_weights(Other(), plain)
+
+    # Plain weights given where a training checkpoint is expected: the right key is named.
+    with pytest.raises(UserError, match="plain network weights.*--net_weights=.*w.ckpt"):
+        CheckpointManager(str(tmp_path / "c")).load(plain, {"net": dst, "opt": opt})
     with pytest.raises(UserError, match="no parameters under prefix 'g.'"):
         load_net_weights(dst, train_ckpt, prefix="g.")
 

@@ -333,3 +333,32 @@ def test_torchvision_vgg_converts_and_matches(tmp_path):
                 want.append(h.clone().numpy())
     for got, ref in zip(outs, want):
         np.testing.assert_allclose(got.asnumpy(), ref, rtol=1e-4, atol=1e-4)
+
+
+def test_released_checkpoint_names_convert_and_reproduce_pytorch(official, tmp_path, capsys):
+    """The authors' released file: a training dict, `module.` names, and the two mixups
+    called mix4 / mix5; it converts and gives the PyTorch network's output. The refusal
+    without --trust-pickle is one plain line (no terminal escape codes)."""
+    torch, tnet, _ = official
+    state = {}
+    for name, value in tnet.state_dict().items():
+        name = {"mix1.w": "mix4.w", "mix2.w": "mix5.w"}.get(name, name)
+        state["module." + name] = value
+    path = str(tmp_path / "ITS_3_19_pretrain.pk")
+    torch.save({"step": 5, "max_psnr": np.float64(37.0), "max_ssim": np.float64(0.99),
+                "optimizer": {}, "model": state}, path)
+
+    dst = str(tmp_path / "released.ckpt")
+    assert convert_torch.main(["aecrnet", path, dst]) == 2
+    err = capsys.readouterr().err
+    assert "--trust-pickle" in err and "\x1b" not in err and len(err.strip().splitlines()) == 1
+
+    assert convert_torch.main(["aecrnet", path, dst, "--trust-pickle"]) == 0
+    net = _ms_net_from(dst)
+    np.testing.assert_array_equal(net.mix1.w.asnumpy(), tnet.mix1.w.detach().numpy())
+    x = np.random.default_rng(3).random((1, 3, 20, 24), dtype=np.float32)
+    tnet.eval()
+    net.set_train(False)
+    with torch.no_grad():
+        want = tnet(torch.from_numpy(x)).numpy()
+    np.testing.assert_allclose(net(ms.Tensor(x)).asnumpy(), want, atol=2e-5, rtol=1e-4)

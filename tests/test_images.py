@@ -277,3 +277,18 @@ def test_check_cost_is_small_next_to_decoding():
         check = best(lambda r: images.check_image_bytes(r, "x"), raw)
         decode = best(lambda r: cv2.imdecode(r, cv2.IMREAD_UNCHANGED), raw)
         assert check < 0.25 * decode, (ext, check, decode)
+
+
+def test_png_colour_profile_causes_no_libpng_warning(capfd):
+    """scikit-image's astronaut.png carries an iCCP profile libpng calls incorrect: decoding it
+    printed "libpng warning: iCCP: known incorrect sRGB profile" each time. read_image gives
+    the same pixels, silently."""
+    skimage = pytest.importorskip("skimage")
+    from skimage import io as skio
+
+    path = os.path.join(os.path.dirname(skimage.__file__), "data", "astronaut.png")
+    assert b"iCCP" in open(path, "rb").read(4096)
+    capfd.readouterr()
+    img = images.read_image(path)
+    assert "libpng warning" not in capfd.readouterr().err
+    np.testing.assert_array_equal((img * 255.0 + 0.5).astype(np.uint8), skio.imread(path)[..., :3])

@@ -169,6 +169,44 @@ def test_train_checkpoints_eval_and_resume(tmp_path):
     assert summary["steps"] == 8 and summary["start_step"] == 8
 
 
+def _csv_rows(path):
+    import csv
+
+    with open(path, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def test_metrics_csv_and_curves_follow_the_run_and_its_resume(tmp_path):
+    from src.data.images import read_image
+
+    out = tmp_path / "run"
+    _run(out, _cfg())
+    rows = _csv_rows(str(out / "metrics.csv"))
+    train_rows = [r for r in rows if r["kind"] == "train"]
+    eval_rows = [r for r in rows if r["kind"] == "eval"]
+    assert [int(r["step"]) for r in train_rows] == [2, 4, 6]
+    assert [int(r["step"]) for r in eval_rows] == [3, 6]
+    assert all(float(r["loss"]) > 0 and float(r["lr"]) > 0 for r in train_rows)
+    assert all(float(r["images_per_second"]) > 0 for r in train_rows[1:])
+    assert [int(r["epoch"]) for r in train_rows] == [0, 0, 1]  # 5 batches of 2 per epoch
+    last = eval_rows[-1]
+    assert float(last["psnr"]) > float(last["input_psnr"]) > 0
+    assert 0 < float(last["ssim"]) <= 1 and float(last["input_ciede2000"]) > 0
+    curves = read_image(str(out / "curves.png"))
+    assert curves.shape[0] >= 600 and curves.shape[1] >= 900
+    # The sample grid is captioned (dark text on the white band) and large enough to read.
+    grid = read_image(str(out / "samples" / "val0.png"))
+    assert grid.shape[0] > 256 and grid.shape[1] > 3 * 256
+    assert grid[:20].min() < 0.3
+
+    # Resumed from step 4 to 8: the rows past step 4 are written again, once each.
+    _run(out, _cfg(max_steps=8, resume=str(out / "ckpt" / "step_00000004.ckpt")))
+    rows = _csv_rows(str(out / "metrics.csv"))
+    assert [(r["kind"], int(r["step"])) for r in rows] == [
+        ("train", 2), ("eval", 3), ("train", 4), ("train", 6), ("eval", 6), ("train", 8),
+        ("eval", 8)]
+
+
 def test_interrupt_saves_progress_then_propagates(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         _run(tmp_path, _cfg(ckpt_every=0, eval_every=0, max_steps=20), fail_at=4)

@@ -176,3 +176,39 @@ def test_recipe_rejects_sizes_the_unet_cannot_take():
     cfg = load_config(DEMO, ["data.train.crop=40"])
     with pytest.raises(UserError, match="divisible by 16"):
         get_recipe("lsid")(cfg, RecipeContext(data_dir="", output_dir=""))
+
+
+@pytest.mark.usefixtures("pynative_mode")
+def test_eval_reads_only_its_own_list(lsid_data, tmp_path):
+    """An evaluation set with only its list file and its files (no training list): the eval
+    job describes and evaluates it; an empty data.train is no error for it either."""
+    import shutil
+
+    from src.config import load_config
+    from src.engine.runner import evaluate_recipe
+    from src.recipes.base import RecipeContext, get_recipe
+
+    h5 = lsid_data / "h5"
+    data = tmp_path / "val_only"
+    shutil.copy(str(h5 / "Sony_val_list.txt"), str(data.mkdir() or data))
+    for sub in ("short", "long"):
+        (data / "Sony" / sub).mkdir(parents=True)
+        for f in (h5 / "Sony" / sub).glob("2*.h5"):
+            shutil.copy(str(f), str(data / "Sony" / sub / f.name))
+    assert not (data / "Sony_train_list.txt").exists()
+
+    for over in ([], ["data.train.type="]):
+        cfg = load_config(DEMO, ["data.num_workers=0", "eval.max_images=1"] + over)
+        recipe = get_recipe("lsid")(cfg, RecipeContext(data_dir=str(data),
+                                                       output_dir=str(tmp_path / "out"),
+                                                       task="eval"))
+        recipe.build()
+        info = recipe.describe()
+        assert "train_data" not in info and info["val_data"], info
+        metrics = evaluate_recipe(recipe, cfg, str(tmp_path / "out"))
+        assert metrics["count"] == 1 and metrics["reference_psnr"] is not None
+
+    export = get_recipe("lsid")(cfg, RecipeContext(data_dir="", output_dir=str(tmp_path),
+                                                   task="export"))
+    export.build()
+    assert "val_data" not in export.describe()

@@ -38,6 +38,8 @@ def read_image(path: str) -> np.ndarray:
     except OSError as exc:
         raise UserError("cannot read image %s: %s" % (path, exc)) from exc
     declared = check_image_bytes(raw, path)
+    if raw[:8].tobytes() == _PNG_SIGNATURE:
+        raw = _without_colour_profile(raw)
     img = cv2.imdecode(raw, cv2.IMREAD_UNCHANGED) if raw.size else None
     if img is None:
         raise UserError("cannot decode image %s (%d bytes): corrupt, truncated or not an image; "
@@ -187,6 +189,27 @@ def _check_png(data: np.ndarray, path: str) -> Tuple[int, int]:
     return size
 
 
+def _without_colour_profile(data: np.ndarray) -> np.ndarray:
+    """A checked PNG's bytes without its iCCP chunk (an embedded ICC colour profile). OpenCV
+    never applies colour profiles, but its libpng prints "libpng warning: iCCP: known incorrect
+    sRGB profile" to the console on every decode of a file whose profile it dislikes (common
+    in photos and scikit-image's sample images). The pixels are the same either way."""
+    buf = memoryview(data)
+    keep, pos, n = [bytes(buf[:8])], 8, int(data.size)
+    dropped = False
+    while pos + 12 <= n:
+        length = int.from_bytes(buf[pos:pos + 4], "big")
+        end = pos + 12 + length
+        if bytes(buf[pos + 4:pos + 8]) == b"iCCP":
+            dropped = True
+        else:
+            keep.append(bytes(buf[pos:end]))
+        if bytes(buf[pos + 4:pos + 8]) in (b"IEND", b"IDAT") and not dropped:
+            return data  # iCCP must come before the image data: none here
+        pos = end
+    return np.frombuffer(b"".join(keep), dtype=np.uint8) if dropped else data
+
+
 def save_png(path: str, hwc: np.ndarray) -> str:
     """HWC float RGB in [0, 1] (or HW gray) → 8-bit PNG, written atomically."""
     cv2 = _cv2()
@@ -307,3 +330,35 @@ def make_grid(images: Sequence[np.ndarray], *, gap: int = 4, value: float = 1.0)
         grid[:im.shape[0], x:x + im.shape[1]] = im
         x += im.shape[1] + gap
     return grid
+
+
+def labelled_grid(images: Sequence[np.ndarray], labels: Sequence[Sequence[str]], *,
+                  min_side: int = 256, gap: int = 6) -> np.ndarray:
+    """make_grid with a caption band above each image (`labels[i]`: its lines, e.g. "output",
+    "PSNR 15.90  SSIM 0.376"). Small images are enlarged by a whole factor (nearest pixel: what
+    is shown is the pixels themselves) until their shorter side reaches `min_side`, so that
+    the grid and its text stay readable."""
+    cv2 = _cv2()
+    if len(images) != len(labels):
+        raise ValueError("labelled_grid: %d images, %d labels" % (len(images), len(labels)))
+    shortest = min(min(np.asarray(im).shape[:2]) for im in images)
+    factor = max(1, -(-int(min_side) // max(1, shortest)))  # ceil
+    font, scale, thick = cv2.FONT_HERSHEY_SIMPLEX, 0.55, 1
+    line_h = cv2.getTextSize("Ag", font, scale, thick)[0][1] + 10
+    band = line_h * max(len(lines) for lines in labels) + 6
+    panels = []
+    for im, lines in zip(images, labels):
+        im = np.asarray(im, dtype=np.float32)
+        if im.ndim == 2:
+            im = im[..., None]
+        if im.shape[2] == 1:
+            im = np.repeat(im, 3, axis=2)
+        if factor > 1:
+            im = np.repeat(np.repeat(im, factor, axis=0), factor, axis=1)
+        caption = np.full((band, im.shape[1], 3), 255, dtype=np.uint8)
+        for k, text in enumerate(lines):
+            cv2.putText(caption, str(text), (6, line_h * (k + 1)), font, scale, (0, 0, 0),
+                        thick, cv2.LINE_AA)
+        panels.append(np.concatenate([caption.astype(np.float32) / 255.0,
+                                      np.clip(im, 0.0, 1.0)], axis=0))
+    return make_grid(panels, gap=gap)

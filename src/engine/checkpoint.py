@@ -239,9 +239,17 @@ def load_checkpoint(path: str, cells: Dict[str, object]) -> dict:
     by CheckpointManager.save; returns its extra dict (step, epoch, ...). Parameters of other
     cell keys in the file (a GAN checkpoint's `d.` when only `g` is given) are ignored."""
     values = dict(_read(path))
+    written_here = EXTRA_KEY in values  # every CheckpointManager file has it
     extra = _decode_extra(values)
     targets = _named_parameters(cells)
     prefixes = tuple("%s." % k for k in cells)
+    if values and not written_here and not any(n.startswith(prefixes) for n in values):
+        # Converted official weights (plain parameter names) are not a training state.
+        raise UserError("checkpoint %s holds plain network weights (names like %s), not a "
+                        "training checkpoint of this package (%s): load it with "
+                        "--net_weights=%s (and --eval.checkpoint=none to evaluate or export "
+                        "the net as built)" % (path, _few(values, 2),
+                                               ", ".join(p + "*" for p in prefixes), path))
     unexpected = [n for n in values if n.startswith(prefixes) and n not in targets
                   and not re.match(r"^[^.]+\.learning_rate", n)]
     _assign(targets, values, path, unexpected)
@@ -249,25 +257,50 @@ def load_checkpoint(path: str, cells: Dict[str, object]) -> dict:
     return extra
 
 
+def _training_prefix(values: Dict[str, object], targets: Dict[str, object]) -> Optional[str]:
+    """The `<key>.` under which a training checkpoint (CheckpointManager's layout) holds every
+    parameter of the net, or None when the file names the net's parameters plainly."""
+    if any(n in values for n in targets):
+        return None
+    roots = sorted({n.split(".", 1)[0] for n in values if "." in n},
+                   key=lambda r: (r != "net", r))  # the package's single-net key first
+    for root in roots:
+        if all(root + "." + n in values for n in targets):
+            return root + "."
+    return None
+
+
 def load_net_weights(net, path: str, prefix: Optional[str] = None, *,
                      strict: bool = True) -> dict:
     """Load plain weights (a converted .ckpt, or the `prefix` part of a training checkpoint,
-    e.g. prefix='net.') into `net`. Strict: every net parameter must be in the file and every
-    file entry (under the prefix) must be used. → {'loaded', 'missing', 'unexpected'}."""
+    e.g. prefix='net.') into `net`. Without `prefix`, a training checkpoint of this package
+    (best.ckpt, step_*.ckpt) is recognised: the net's entries are taken, the optimizer state
+    and the other cells' entries are left out (one log line says so). Strict: every net
+    parameter must be in the file and every file entry (under the prefix) must be used.
+    → {'loaded', 'missing', 'unexpected', 'prefix', 'step'}."""
     values = dict(_read(path, "weights file"))
-    values.pop(EXTRA_KEY, None)
+    extra = _decode_extra(values) if EXTRA_KEY in values else {}
+    targets = dict(net.parameters_and_names())
+    if prefix is None:
+        prefix = _training_prefix(values, targets)
+        if prefix:
+            others = sorted({n.split(".", 1)[0] + ".*" for n in values
+                             if not n.startswith(prefix)})
+            log.info("%s is a training checkpoint (step %s): took its %s* entries for %s; "
+                     "left out %s (optimizer state and other cells: the run starts afresh)",
+                     path, extra.get("step", "?"), prefix, type(net).__name__,
+                     ", ".join(others) or "nothing")
     if prefix:
         values = {n[len(prefix):]: v for n, v in values.items() if n.startswith(prefix)}
         if not values:
             raise UserError("weights file %s has no parameters under prefix %r" % (path, prefix))
-    targets = dict(net.parameters_and_names())
     missing = [n for n in targets if n not in values]
     unexpected = [n for n in values if n not in targets]
     if strict:
         if missing and not any(n in values for n in targets):
             roots = sorted({n.split(".", 1)[0] + "." for n in values if "." in n})
-            raise UserError("weights file %s has none of the parameters of %s (missing %s); "
-                            "its names start with %s: pass that as the prefix?" % (
+            raise UserError("weights file %s has none of the parameters of %s (missing %s; its "
+                            "names start with %s): is it the weights of another model?" % (
                                 path, type(net).__name__, _few(missing, 3), _few(roots, 5)))
         _assign(targets, values, path, unexpected)
     else:
@@ -278,7 +311,8 @@ def load_net_weights(net, path: str, prefix: Optional[str] = None, *,
             log.warning("%s: %d parameters loaded, %d missing (%s), %d unused (%s)", path,
                         len(usable), len(missing), _few(missing, 3), len(unexpected),
                         _few(unexpected, 3))
-    return {"loaded": len(targets) - len(missing), "missing": missing, "unexpected": unexpected}
+    return {"loaded": len(targets) - len(missing), "missing": missing, "unexpected": unexpected,
+            "prefix": prefix or "", "step": extra.get("step")}
 
 
 def resolve_resume(value, directory: str) -> Optional[str]:

@@ -1,6 +1,6 @@
 """Evaluation: full-image prediction, PSNR / SSIM / CIEDE2000 against the target, the same
 metrics for the no-model `reference` (so "better than the input" is visible in every run), and
-sample grids input|output|target as PNGs."""
+sample grids input|output|target as PNGs, each panel captioned with its PSNR and SSIM."""
 from __future__ import annotations
 
 import logging
@@ -11,7 +11,7 @@ from typing import Callable, Dict, Iterable, List, Optional
 
 import numpy as np
 
-from src.data.images import make_grid, pad_to_multiple, save_png, to_hwc
+from src.data.images import labelled_grid, pad_to_multiple, save_png, to_hwc
 
 log = logging.getLogger(__name__)
 
@@ -75,11 +75,8 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], samples: Iterable[dict
             record.update({"reference_" + k: v for k, v in _scores(ref_hwc, target_hwc).items()})
         per_image.append(record)
         if samples_dir and i < num_samples:
-            # A raw (4-channel) input has no picture to show: its naive rendering stands in.
-            view = to_hwc(x) if x.shape[0] == 3 else ref_hwc
-            panels = [p for p in (view, out_hwc, target_hwc) if p is not None]
             save_png(os.path.join(samples_dir, "%s.png" % _safe_name(name, i)),
-                     make_grid(panels))
+                     _sample_grid(x, ref_hwc, out_hwc, target_hwc, record))
 
     result: dict = {"count": len(per_image)}
     for key in METRICS:
@@ -90,8 +87,40 @@ def evaluate(predict: Callable[[np.ndarray], np.ndarray], samples: Iterable[dict
     result["seconds"] = round(time.time() - started, 3)
     result["images"] = per_image
     if per_image:
-        log.info("eval on %d images: PSNR %.3f SSIM %.4f CIEDE2000 %.3f (reference PSNR %s)",
-                 len(per_image), result["psnr"], result["ssim"], result["ciede2000"],
-                 "%.3f" % result["reference_psnr"] if result["reference_psnr"] is not None
-                 else "n/a")
+        log.info("eval on %d images: %s", len(per_image), format_metrics(result))
     return result
+
+
+def format_metrics(result: dict) -> str:
+    """`PSNR 15.90 (input 11.32) | SSIM 0.376 (input 0.555) | CIEDE2000 9.81 (input 14.20)`:
+    each metric beside the input's, so a model worse than its input on any of them shows."""
+    parts = []
+    for key, label, fmt in (("psnr", "PSNR", "%.2f"), ("ssim", "SSIM", "%.3f"),
+                            ("ciede2000", "CIEDE2000", "%.2f")):
+        if result.get(key) is None:
+            continue
+        ref = result.get("reference_" + key)
+        parts.append("%s %s (input %s)" % (label, fmt % result[key],
+                                           fmt % ref if ref is not None else "n/a"))
+    return " | ".join(parts)
+
+
+def _sample_grid(x: np.ndarray, ref_hwc, out_hwc: np.ndarray, target_hwc: np.ndarray,
+                 record: dict) -> np.ndarray:
+    """input | output | target, each captioned with its PSNR and SSIM against the target."""
+    # A raw (4-channel) input has no picture to show: its naive rendering stands in.
+    view = to_hwc(x) if x.shape[0] == 3 else ref_hwc
+    panels, labels = [], []
+    if view is not None:
+        panels.append(view)
+        labels.append(["input" if x.shape[0] == 3 else "input (naive rendering)",
+                       _scores_text(record, "reference_")])
+    panels += [out_hwc, target_hwc]
+    labels += [["output", _scores_text(record, "")], ["target", ""]]
+    return labelled_grid(panels, labels)
+
+
+def _scores_text(record: dict, prefix: str) -> str:
+    if record.get(prefix + "psnr") is None:
+        return ""
+    return "PSNR %.2f  SSIM %.3f" % (record[prefix + "psnr"], record[prefix + "ssim"])

@@ -52,5 +52,6 @@ def export_mindir(cell, example_inputs: Sequence[np.ndarray], path: str, *, chec
             if not diff <= atol:
                 raise ExportMismatch("%s output %d differs from the eager net by %.3g (max abs, "
                                      "allowed %.1g)" % (path, i, diff, atol))
-        log.info("exported %s; round trip max abs diff within %.1g", path, atol)
+        # The caller reports the export (with its time): this detail is for the debug log.
+        log.debug("exported %s; round trip max abs diff within %.1g", path, atol)
     return path

@@ -18,6 +18,7 @@ import os
 import time
 from typing import Callable, Dict, Optional, Tuple
 
+from src.engine.curves import MetricsHistory
 from src.engine.interrupts import deferred
 from src.engine.progress import ProgressLogger, current_lr, to_floats
 from src.errors import UserError
@@ -115,6 +116,8 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
     world = int(getattr(getattr(recipe, "ctx", None), "num_shards", 1) or 1)
     progress = ProgressLogger(max_steps, every=log_every, batch_size=loader.batch_size,
                               world_size=world)
+    # metrics.csv / curves.png: rank 0 writes them (the job pushes them with checkpoints).
+    history = MetricsHistory(output_dir, start_step=step) if is_main else None
     state = {"saved_step": step, "bad_readings": 0}
     metrics: dict = {}
     last_eval_step = -1
@@ -154,6 +157,8 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
                           max_images=int(ecfg.get("max_images", 0)))
         summary = _strip_images(result)
         summary["step"] = at
+        if history is not None and summary.get("count"):
+            history.log_eval(at, at // steps_per_epoch, summary)
         emit("eval", **summary)
         return summary
 
@@ -206,6 +211,8 @@ def train(recipe, cfg: dict, *, output_dir: str, ckpt, is_main: bool,
                     record = progress.update(step, terms, current_lr(cells))
                     if record is not None:
                         values = record["terms"]
+                        if history is not None:
+                            history.log_step(record, step // steps_per_epoch)
                         emit("step_log", **record)
                     do_eval, do_ckpt = due(step)
                     if values is None and (do_ckpt or do_eval):

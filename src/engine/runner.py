@@ -184,7 +184,7 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
         ctx = RecipeContext(data_dir=data_dir, output_dir=job.output_dir,
                             num_shards=plan.num_shards, shard_id=plan.shard_id,
                             distributed=plan.parallel_mode == "data_parallel",
-                            is_main=is_main, seed=int(cfg["seed"]))
+                            is_main=is_main, seed=int(cfg["seed"]), task=task)
         recipe = recipe_cls(cfg, ctx)
         recipe.build()
     job.update_run(model=recipe.describe())
@@ -241,6 +241,12 @@ def _on_event(job, name: str, data: dict) -> None:
         job.update_run(last_eval=data)
     elif name == "checkpoint":
         job.push_log()
+        # The metric history travels with the checkpoints (src/engine/curves.py).
+        from src.engine.curves import CSV_NAME, PLOT_NAME
+        for rel in (CSV_NAME, PLOT_NAME):
+            path = os.path.join(job.output_dir, rel)
+            if os.path.isfile(path):
+                job.push(path)
 
 
 def _sync_options(cfg: dict) -> dict:

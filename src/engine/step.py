@@ -35,6 +35,32 @@ def parse_loss_scale(value) -> Union[float, str]:
     return float(value)
 
 
+class _UnusedSparseAdamNotice:
+    """Drops MindSpore 2.8's "'FusedSparseAdam' is deprecated" record. nn.Adam constructs that
+    kernel for sparse gradients, which no net here produces (it is never run); the notice
+    comes from constructing it, so every job printed it."""
+
+    @staticmethod
+    def filter(record) -> bool:
+        return "'FusedSparseAdam' is deprecated" not in record.getMessage()
+
+
+def adam(params, **kwargs):
+    """nn.Adam(params, **kwargs), without MindSpore's notice about a kernel it never runs."""
+    from mindspore import nn
+
+    try:
+        from mindspore import log as ms_log
+        logger = ms_log._get_logger()  # MindSpore's own Python logger (its "[WARNING] ME" lines)
+    except (ImportError, AttributeError):  # another MindSpore layout: the notice may show
+        return nn.Adam(params, **kwargs)
+    logger.addFilter(_UnusedSparseAdamNotice)
+    try:
+        return nn.Adam(params, **kwargs)
+    finally:
+        logger.removeFilter(_UnusedSparseAdamNotice)
+
+
 @functools.cache
 def _step_classes():
     """Defined on first use so that importing this module does not import MindSpore."""

@@ -102,9 +102,8 @@ class AECRNetRecipe(Recipe):
 
     def build(self) -> None:
         import mindspore as ms
-        from mindspore import nn
 
-        from src.engine.step import build_train_step
+        from src.engine.step import adam, build_train_step
         from src.losses.contrastive import AECRLoss
         from src.nets.aecrnet import AECRNet  # noqa: F401  (registers the net)
         from src.registry import NETS
@@ -117,6 +116,10 @@ class AECRNetRecipe(Recipe):
 
             load_net_weights(self.net, weights)
             log.info("initialised AECRNet from %s", weights)
+        if self.ctx.task != "train":
+            # Evaluating or exporting runs the net only: no loss (and its VGG), no optimizer.
+            self.net.set_train(True)
+            return
         lc = cfg["loss"]
         self.vgg_weights = self._resolve_path(lc["vgg_weights"], "loss.vgg_weights")
         self.loss = AECRLoss(l1_weight=float(lc["l1_weight"]), cr_weight=float(lc["cr_weight"]),
@@ -132,7 +135,7 @@ class AECRNetRecipe(Recipe):
         self.lrs = lr_schedule(float(oc["lr"]), int(cfg["train"]["max_steps"]),
                                str(sc.get("type", "cosine")), int(sc.get("warmup_steps", 0)),
                                float(sc.get("min_lr", 0.0)))
-        self.optimizer = nn.Adam(self.net.trainable_params(), learning_rate=ms.Tensor(self.lrs),
+        self.optimizer = adam(self.net.trainable_params(), learning_rate=ms.Tensor(self.lrs),
                                  beta1=float(oc["beta1"]), beta2=float(oc["beta2"]),
                                  eps=float(oc["eps"]), weight_decay=float(oc["weight_decay"]))
         net, loss = self.net, self.loss
@@ -160,6 +163,8 @@ class AECRNetRecipe(Recipe):
         return np.clip(self.infer(self.net, x), 0.0, 1.0)
 
     def checkpoint_cells(self) -> dict:
+        if self.optimizer is None:  # built for eval / export: a checkpoint's opt.* is not read
+            return {"net": self.net}
         return {"net": self.net, "opt": self.optimizer}
 
     def export_cell(self) -> Tuple[object, List[np.ndarray]]:
@@ -175,6 +180,8 @@ class AECRNetRecipe(Recipe):
         lc = self.cfg["loss"]
         if float(lc["cr_weight"]) <= 0:
             vgg = "unused (loss.cr_weight = 0)"
+        elif self.loss is None and self.net is not None:
+            vgg = "not built (task %s: no loss)" % self.ctx.task
         elif self.loss is not None and self.loss.vgg_pretrained:
             vgg = self.vgg_weights
         else:

@@ -32,6 +32,7 @@ class RecipeContext:
     distributed: bool = False  # reduce gradients across ranks
     is_main: bool = True      # rank 0: writes checkpoints, samples, exports
     seed: int = 0
+    task: str = "train"       # what the job does: a recipe reads only the data it needs
 
 
 class Recipe(abc.ABC):

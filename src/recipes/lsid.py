@@ -60,9 +60,9 @@ class LSIDRecipe(Recipe):
 
     def build(self) -> None:
         import mindspore as ms
-        from mindspore import nn, ops
+        from mindspore import ops
 
-        from src.engine.step import build_train_step
+        from src.engine.step import adam, build_train_step
         from src.nets.unet_sid import UNetSID  # noqa: F401  (registers the net)
         from src.registry import NETS
 
@@ -71,7 +71,7 @@ class LSIDRecipe(Recipe):
         oc, sc = cfg["optim"], cfg["schedule"]
         self.lrs = lr_schedule(float(oc["lr"]), float(sc["decay_lr"]), int(sc["decay_step"]),
                                int(cfg["train"]["max_steps"]))
-        self.optimizer = nn.Adam(self.net.trainable_params(), learning_rate=ms.Tensor(self.lrs),
+        self.optimizer = adam(self.net.trainable_params(), learning_rate=ms.Tensor(self.lrs),
                                  beta1=float(oc["beta1"]), beta2=float(oc["beta2"]),
                                  eps=float(oc["eps"]), weight_decay=float(oc["weight_decay"]))
         net = self.net
@@ -122,8 +122,12 @@ class LSIDRecipe(Recipe):
                      % float(self.cfg["data"]["train"].get("max_ratio", 300.0)),
             "output_scale": 2,
         })
-        if self.ctx.data_dir:  # train/eval jobs (export has no data): pairs, scenes, ratios
-            info["train_data"] = self.source("train").describe()
+        # The pairs, scenes and ratios of the data this job reads (an export reads none): an
+        # evaluation needs only its own list or folder, not the training one.
+        key = {"train": "train", "eval": "val"}.get(self.ctx.task)
+        source = self.source(key) if self.ctx.data_dir and key else None
+        if source is not None:
+            info["%s_data" % key] = source.describe()
         return info
 
     # -- data tasks -------------------------------------------------------------------------

@@ -260,8 +260,8 @@ class SinGANDehazeRecipe(Recipe):
     # -- model ----------------------------------------------------------------------------
 
     def build(self) -> None:
-        from mindspore import nn
 
+        from src.engine.step import adam as adam_optimizer
         from src.engine.step import build_train_step, prefix_parameter_names
         from src.losses.gan import GANLoss
         from src.losses.mmd import MMDLoss
@@ -293,9 +293,9 @@ class SinGANDehazeRecipe(Recipe):
         self.constant_steps = constant
 
         def adam(params, o):
-            return nn.Adam(params, learning_rate=linear_decay_lr(float(o["lr"]), max_steps,
-                                                                 constant),
-                           beta1=float(o["beta1"]), beta2=float(o["beta2"]))
+            return adam_optimizer(params, learning_rate=linear_decay_lr(float(o["lr"]),
+                                                                        max_steps, constant),
+                                  beta1=float(o["beta1"]), beta2=float(o["beta2"]))
 
         self.opt_g = adam(self.g.trainable_params() + self.head.trainable_params(),
                           cfg["optim"]["g"])

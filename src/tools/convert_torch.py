@@ -9,6 +9,8 @@ vgg16 / vgg19: torchvision's ImageNet `.pth` (a state_dict with `features.N.weig
 
 aecrnet: the authors' checkpoint (GlassyWu/AECR-Net: torch.save({'model': state_dict, 'step',
 'optimizer', 'psnrs', ...})) or a bare state_dict; a DataParallel `module.` prefix is stripped.
+The released checkpoints name the two mixups `mix4` / `mix5` (the code names them `mix1` /
+`mix2`, same order, same shapes): they are renamed when the file has no `mix1` / `mix2`.
 Every layout is the same in both frameworks (Conv2d OIHW; ConvTranspose (in, out, kh, kw) is
 also MindSpore's Conv2dTranspose layout; DCNv2's offset channels stay in DCNv2 order and are
 reordered inside the MindSpore block), so the conversion is a checked 1:1 rename: the result
@@ -22,6 +24,7 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import re
 import sys
 from typing import Dict, List, Optional
 
@@ -32,6 +35,26 @@ from src.errors import UserError
 logger = logging.getLogger(__name__)
 
 ARCHS = ("vgg16", "vgg19", "aecrnet")
+
+# The released AECR-Net checkpoints' names for the code's mix1 / mix2.
+RELEASED_MIX_NAMES = {"mix4.w": "mix1.w", "mix5.w": "mix2.w"}
+
+_ANSI = re.compile(r"\x1b\[[0-9;]*[A-Za-z]")
+
+
+def _plain(text: str) -> str:
+    """`text` without terminal escape codes (torch's messages embed bold markers)."""
+    return _ANSI.sub("", text)
+
+
+def _load_error(exc: Exception) -> str:
+    """The line of a torch.load failure that says what is wrong with the file: for a
+    weights-only refusal that is the WeightsUnpickler line, not torch's advice around it."""
+    lines = [_plain(line).strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if line.startswith("WeightsUnpickler error:"):
+            return line.split(". Please use")[0].rstrip(".")
+    return lines[0] if lines else type(exc).__name__
 
 
 def _torch():
@@ -58,7 +81,7 @@ def read_torch_state(path: str, trust_pickle: bool = False) -> Dict[str, np.ndar
         hint = "" if trust_pickle else (
             "; if it is a training checkpoint from a source you trust, rerun with "
             "--trust-pickle (it stores numpy objects that weights-only loading refuses)")
-        raise UserError("cannot load %s: %s%s" % (path, str(exc).splitlines()[0], hint)) from exc
+        raise UserError("cannot load %s: %s%s" % (path, _load_error(exc), hint)) from exc
     state = obj
     if isinstance(obj, dict):
         for key in ("model", "state_dict", "net"):
@@ -115,6 +138,8 @@ def convert_aecrnet(state: Dict[str, np.ndarray]) -> Dict[str, np.ndarray]:
     if "down1.1.weight" not in state:
         raise UserError("not an AECR-Net state_dict: no down1.1.weight (keys start with %s)"
                         % ", ".join(sorted({k.split(".")[0] for k in state})[:6]))
+    if not any(n in state for n in RELEASED_MIX_NAMES.values()):
+        state = {RELEASED_MIX_NAMES.get(n, n): v for n, v in state.items()}
     ngf = int(state["down1.1.weight"].shape[0])
     expected = aecrnet_expected(ngf)
     # BatchNorm-style counters some forks register are not parameters of the port.
