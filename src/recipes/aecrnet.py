@@ -61,6 +61,10 @@ def _multiple_of_4(value, key: str) -> int:
 @register_recipe
 class AECRNetRecipe(Recipe):
     name = "aecrnet"
+    # MindSpore cannot export the deformable conv for an unknown height/width (2.8.0:
+    # DeformableOffsets' shape inference fails): the MindIR has export.height × width, and
+    # --task infer runs it on tiles of that size.
+    dynamic_export = False
 
     def __init__(self, cfg: dict, ctx: RecipeContext):
         super().__init__(cfg, ctx)
@@ -186,7 +190,7 @@ class AECRNetRecipe(Recipe):
     def check_config(cls, checks) -> None:
         c = checks
         why = "AECR-Net has two stride-2 stages"
-        if c.for_tasks("train", "eval", "export"):
+        if c.for_tasks("train", "eval", "export", "infer"):
             # The recipe refuses these when it is built, whatever the task.
             c.multiple("data.train.crop", 4, why, zero_ok=True)
             c.multiple("eval.pad_multiple", 4, why)
