@@ -256,7 +256,11 @@ def _infer_mindir(recipe_cls, cfg: dict, plan, job, photos_dir: str) -> int:
         raise UserError("eval.checkpoint=%s: file not found (give a local path or an obs:// "
                         "URL of an exported .mindir)" % job.describe_path(path))
     with deferred():
+        import mindspore as ms
+
         apply_context(plan)
+        # A loaded graph runs in graph mode only (MindSpore 2.0 refuses GraphCell in PyNative).
+        ms.set_context(mode=ms.GRAPH_MODE)
     if job.env.global_rank != 0:
         return 0
     recipe = recipe_cls(cfg, RecipeContext(data_dir="", output_dir=job.output_dir))
