@@ -3,7 +3,7 @@
 
     python start.py [--config=configs/aecrnet_demo.yaml] [--task=train] [--key=value ...]
 
-Tasks: train (default), eval, export, preprocess, synth, plan. Every config key is an override,
+Tasks: train (default), eval, export, infer, preprocess, synth, plan. Every config key is an override,
 dotted (--train.max_steps=100), with `__` for each dot (--train__max_steps=100: ModelArts'
 hyperparameter form allows no dots) or by its last part when that names one key
 (--max_steps=100). `-c FILE` and `--config_path=FILE` mean --config=FILE; the file may be an
@@ -29,7 +29,7 @@ if HERE not in sys.path:  # ModelArts starts the boot file from another working 
 
 from src.errors import UserError  # noqa: E402
 
-TASKS = ("train", "eval", "export", "preprocess", "synth", "plan")
+TASKS = ("train", "eval", "export", "infer", "preprocess", "synth", "plan")
 DEFAULT_CONFIG = os.path.join("configs", "aecrnet_demo.yaml")
 # Arguments that ModelArts or its launchers add on their own; they carry nothing we need.
 PLATFORM_ARGS = frozenset({

@@ -19,7 +19,7 @@ from typing import Any, List, Optional
 from src.errors import UserError
 
 #: Tasks that build the model (recipe.build() makes nets, optimizers and LR schedules for all).
-MODEL_TASKS = ("train", "eval", "export")
+MODEL_TASKS = ("train", "eval", "export", "infer")
 _MISSING = object()
 
 
@@ -176,6 +176,12 @@ def check_common(checks: Checks) -> None:
     if c.exporting:
         c.number("export.height", ge=1, integer=True)
         c.number("export.width", ge=1, integer=True)
+    if c.for_tasks("infer"):
+        c.number("eval.pad_multiple", ge=1, integer=True)
+        if c.number("infer.tile", ge=16, integer=True, note="pixels per tile side"):
+            c.number("infer.overlap", ge=0, lt=c.get("infer.tile") // 2, integer=True,
+                     note="less than half of infer.tile")
+        c.number("infer.log_every", ge=1, integer=True)
 
 
 def check_optimizers(checks: Checks) -> None:

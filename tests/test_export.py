@@ -48,3 +48,29 @@ def test_export_mismatch_is_reported(tmp_path, monkeypatch):
         export_mindir(net, [x], str(tmp_path / "net.mindir"))
     with pytest.raises(ValueError, match=".mindir"):
         export_mindir(net, [x], str(tmp_path / "net.onnx"))
+
+
+@pytest.fixture
+def graph_mode():
+    """Loaded MindIR graphs run in graph mode only on MindSpore 2.0 (as in the job)."""
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    yield
+    ms.set_context(mode=previous)
+
+
+def test_dynamic_export_runs_any_size(tmp_path, graph_mode):
+    from src.engine.infer import MindIRNet, mindir_input_shape
+
+    ms.set_seed(0)
+    net = SmallNet()
+    x = np.random.default_rng(0).random((1, 3, 8, 12)).astype(np.float32)
+    path = export_mindir(net, [x], str(tmp_path / "any.mindir"), dynamic=True, multiple=4)
+    assert mindir_input_shape(path) == [1, 3, -1, -1]
+    graph = MindIRNet(path)
+    assert graph.dynamic
+    for h, w in ((8, 12), (20, 9), (8, 12)):
+        y = np.random.default_rng(h).random((1, 3, h, w)).astype(np.float32)
+        np.testing.assert_allclose(graph(y), net(ms.Tensor(y)).asnumpy(), atol=1e-5)
+    fixed = export_mindir(net, [x], str(tmp_path / "fixed.mindir"))
+    assert mindir_input_shape(fixed) == [1, 3, 8, 12] and not MindIRNet(fixed).dynamic

@@ -23,9 +23,10 @@ def _cv2():
     return cv2
 
 
-def read_image(path: str) -> np.ndarray:
+def read_image(path: str, info: Optional[dict] = None) -> np.ndarray:
     """8/16-bit PNG/JPG/BMP/TIFF → HWC float32 RGB in [0, 1]. Gray images become 3 channels and
-    alpha is dropped. A missing, empty, truncated, corrupt or undecodable file raises UserError
+    alpha is dropped; when `info` is a dict it receives the file's "bits" (8, 16 or 32) and its
+    "alpha" (HW float32 in [0, 1], or None), so a restored copy can keep both. A missing, empty, truncated, corrupt or undecodable file raises UserError
     naming it: the bytes pass `check_image_bytes` before decoding and the decoded size must be
     the one the header declares, so damaged files are refused, never trained on."""
     cv2 = _cv2()
@@ -57,6 +58,10 @@ def read_image(path: str) -> np.ndarray:
     else:
         raise UserError("unsupported pixel type %s in %s (use 8- or 16-bit PNG/JPG)"
                         % (img.dtype, path))
+    if info is not None:
+        info["bits"] = {1.0: 32, 255.0: 8}.get(scale, 16)
+        info["alpha"] = (img[:, :, 3].astype(np.float32) * np.float32(1.0 / scale)
+                         if img.ndim == 3 and img.shape[2] == 4 else None)
     if img.ndim == 2:
         img = cv2.cvtColor(img, cv2.COLOR_GRAY2RGB)
     elif img.shape[2] == 4:
@@ -210,13 +215,17 @@ def _without_colour_profile(data: np.ndarray) -> np.ndarray:
     return np.frombuffer(b"".join(keep), dtype=np.uint8) if dropped else data
 
 
-def save_png(path: str, hwc: np.ndarray) -> str:
-    """HWC float RGB in [0, 1] (or HW gray) → 8-bit PNG, written atomically."""
+def save_png(path: str, hwc: np.ndarray, *, bits: int = 8) -> str:
+    """HWC float RGB or RGBA in [0, 1] (or HW gray) → 8-bit (or `bits`=16) PNG, written
+    atomically."""
     cv2 = _cv2()
+    top = 65535.0 if bits == 16 else 255.0
     img = np.clip(np.asarray(hwc, dtype=np.float32), 0.0, 1.0)
-    img = (img * 255.0 + 0.5).astype(np.uint8)
+    img = (img * top + 0.5).astype(np.uint16 if bits == 16 else np.uint8)
     if img.ndim == 3 and img.shape[2] == 3:
         img = cv2.cvtColor(img, cv2.COLOR_RGB2BGR)
+    elif img.ndim == 3 and img.shape[2] == 4:
+        img = cv2.cvtColor(img, cv2.COLOR_RGBA2BGRA)
     ok, buf = cv2.imencode(".png", img)
     if not ok:
         raise RuntimeError("PNG encoding failed for %s" % path)

@@ -54,7 +54,7 @@ def run_task(task: str, cfg: dict, env, plan, job) -> int:
         return _synth(recipe_cls, cfg, job)
     if task == "preprocess":
         return _preprocess(recipe_cls, cfg, job)
-    if task in ("train", "eval", "export"):
+    if task in ("train", "eval", "export", "infer"):
         return _with_model(task, recipe_cls, cfg, env, plan, job)
     raise UserError("unknown task %r" % task)
 
@@ -171,8 +171,12 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
                             "URL, or none (train_url %s holds none)"
                             % (task, cfg.get("train_url") or "''"))
     data_dir = job.stage_inputs() if task in ("train", "eval") else ""
+    # infer reads photos from data_url, not the data set the recipe's sources describe.
+    photos_dir = job.stage_inputs() if task == "infer" else ""
     given_cfg = cfg  # as the user wrote it: config.yaml keeps obs:// URLs, not cache copies
     cfg = stage_remote_files(cfg, job)
+    if task == "infer" and path is None and str(cfg["eval"]["checkpoint"]).endswith(".mindir"):
+        return _infer_mindir(recipe_cls, cfg, plan, job, photos_dir)
     # A SIGTERM inside MindSpore's import or graph building can leave the process unable to
     # exit: it waits until the model is built (src/engine/interrupts.py).
     with deferred():
@@ -226,12 +230,74 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
             with deferred():
                 metrics = evaluate_recipe(recipe, cfg, job.output_dir) if is_main else {}
             job.update_run(metrics=metrics, checkpoint=job.describe_path(path))
+        if task == "infer":
+            if not is_main:
+                return 0  # one process restores the photos: outputs are rank 0's
+            return infer_recipe(recipe, recipe.predict, cfg, job, photos_dir,
+                                checkpoint=job.describe_path(path))
     if task in ("train", "export") and cfg["export"]["enabled"] and is_main:
         with deferred():
             exported = export_recipe(recipe, cfg, job.output_dir)
         job.push(exported)
         job.update_run(export=os.path.relpath(exported, job.output_dir))
     return 0
+
+
+def _infer_mindir(recipe_cls, cfg: dict, plan, job, photos_dir: str) -> int:
+    """--task infer with an exported MindIR: no net is built, the graph file runs alone
+    between the recipe's input and output mappings."""
+    from modelarts.context import apply_context
+    from src.engine.infer import MindIRNet
+    from src.engine.interrupts import deferred
+    from src.recipes.base import RecipeContext
+
+    path = str(cfg["eval"]["checkpoint"])
+    if not os.path.isfile(path):
+        raise UserError("eval.checkpoint=%s: file not found (give a local path or an obs:// "
+                        "URL of an exported .mindir)" % job.describe_path(path))
+    with deferred():
+        import mindspore as ms
+
+        apply_context(plan)
+        # A loaded graph runs in graph mode only (MindSpore 2.0 refuses GraphCell in PyNative).
+        ms.set_context(mode=ms.GRAPH_MODE)
+    if job.env.global_rank != 0:
+        return 0
+    recipe = recipe_cls(cfg, RecipeContext(data_dir="", output_dir=job.output_dir))
+    net = MindIRNet(path)
+
+    def predict(x):
+        if x.shape[1] != net.shape[1]:
+            raise UserError("%s takes %d-channel inputs; model %s gives %d (a MindIR of another "
+                            "model?)" % (job.describe_path(path), net.shape[1], cfg["model"],
+                                         x.shape[1]))
+        return recipe.net_output(net(recipe.net_input(x)))
+
+    fixed = None if net.dynamic else (net.shape[2], net.shape[3])
+    log.info("infer with %s (input %s)", job.describe_path(path),
+             "any height x width" if fixed is None else "%d x %d, in tiles" % fixed)
+    return infer_recipe(recipe, predict, cfg, job, photos_dir, checkpoint=job.describe_path(path),
+                        fixed=fixed)
+
+
+def infer_recipe(recipe, predict, cfg: dict, job, photos_dir: str, *, checkpoint: str,
+                 fixed=None) -> int:
+    """Restore every input under photos_dir into <output>/restored/; 1 if a file was skipped."""
+    from src.engine.infer import find_inputs, run_infer
+
+    inputs = find_inputs(photos_dir, recipe.infer_extensions)
+    if not inputs:
+        raise UserError("no input files under data_url %s (looked for %s)"
+                        % (cfg["data_url"], " ".join(recipe.infer_extensions)))
+    ic = cfg["infer"]
+    tile = fixed or (int(ic["tile"]), int(ic["tile"]))
+    out_dir = os.path.join(job.output_dir, "restored")
+    log.info("infer: %d file(s) from %s into %s", len(inputs), cfg["data_url"], out_dir)
+    summary = run_infer(recipe, predict, inputs, out_dir, tile=tile, overlap=int(ic["overlap"]),
+                        multiple=int(cfg["eval"]["pad_multiple"]), fixed=fixed is not None,
+                        log_every=int(ic["log_every"]), on_written=job.push)
+    job.update_run(infer=summary, checkpoint=checkpoint)
+    return 1 if summary["failed"] else 0
 
 
 def _on_event(job, name: str, data: dict) -> None:
@@ -291,7 +357,9 @@ def export_recipe(recipe, cfg: dict, output_dir: str) -> str:
     path = os.path.join(output_dir, "export", "%s.mindir" % cfg["model"])
     os.makedirs(os.path.dirname(path), exist_ok=True)
     started = time.time()
-    export_mindir(cell, examples, path, check=True)
+    dynamic = bool(cfg["export"].get("dynamic", True)) and recipe.dynamic_export
+    export_mindir(cell, examples, path, check=True, dynamic=dynamic,
+                  multiple=int(cfg["eval"]["pad_multiple"]))
     log.info("exported %s (round trip checked) in %.1f s", path, time.time() - started)
     return path
 

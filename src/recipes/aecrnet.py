@@ -63,6 +63,10 @@ class AECRNetRecipe(Recipe):
     name = "aecrnet"
     WEIGHT_KEYS = ("net_weights", "loss.vgg_weights")  # read by build() below
     WEIGHTS_IN_DATA_URL = True  # _resolve_path
+    # MindSpore cannot export the deformable conv for an unknown height/width (2.8.0:
+    # DeformableOffsets' shape inference fails): the MindIR has export.height × width, and
+    # --task infer runs it on tiles of that size.
+    dynamic_export = False
 
     def __init__(self, cfg: dict, ctx: RecipeContext):
         super().__init__(cfg, ctx)
@@ -195,7 +199,7 @@ class AECRNetRecipe(Recipe):
     def check_config(cls, checks) -> None:
         c = checks
         why = "AECR-Net has two stride-2 stages"
-        if c.for_tasks("train", "eval", "export"):
+        if c.for_tasks("train", "eval", "export", "infer"):
             # The recipe refuses these when it is built, whatever the task.
             c.multiple("data.train.crop", 4, why, zero_ok=True)
             c.multiple("eval.pad_multiple", 4, why)

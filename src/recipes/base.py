@@ -118,6 +118,29 @@ class Recipe(abc.ABC):
     def output_scale(self) -> int:
         return 1
 
+    # -- --task infer: what a file means to this model ----------------------------------------
+
+    #: Files --task infer restores (compared case-insensitively).
+    infer_extensions: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+    #: Whether the exported MindIR takes any height/width (else: export.height × width).
+    dynamic_export = True
+
+    def infer_input(self, path: str) -> Tuple[np.ndarray, dict]:
+        """One file → (CHW float32 input of `predict`, info): a photo as [0, 1] RGB, info
+        holding its bit depth and alpha (kept in the restored PNG). UserError if unreadable."""
+        from src.data.images import read_image, to_chw
+
+        info: dict = {}
+        return to_chw(read_image(path, info)), info
+
+    def net_input(self, x: np.ndarray) -> np.ndarray:
+        """predict's input → the exported net's input (the same mapping predict applies)."""
+        return np.asarray(x, dtype=np.float32)
+
+    def net_output(self, y: np.ndarray) -> np.ndarray:
+        """The exported net's output → predict's: RGB in [0, 1]."""
+        return np.clip(y, 0.0, 1.0)
+
     @staticmethod
     def infer(net, x: np.ndarray) -> np.ndarray:
         """One forward pass in eval mode (running statistics, not batch ones), then back to

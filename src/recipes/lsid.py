@@ -8,10 +8,12 @@ synthetic DNG pairs in SID's layout (src/data/synth_raw.py)."""
 from __future__ import annotations
 
 import logging
+import os
 from typing import Dict, List, Tuple
 
 import numpy as np
 
+from src.data.raw_preprocess import RAW_EXTENSIONS
 from src.errors import UserError
 from src.recipes.base import Recipe, RecipeContext, register_recipe
 
@@ -102,6 +104,42 @@ class LSIDRecipe(Recipe):
     def output_scale(self) -> int:
         return 2
 
+    # --task infer reads raw files (and HDF5 files --task preprocess wrote).
+    infer_extensions = RAW_EXTENSIONS + (".h5",)
+
+    def infer_input(self, path: str) -> Tuple[np.ndarray, dict]:
+        """A raw file packed exactly as --task preprocess packs it (convert_raw into a scratch
+        HDF5 file, read back as the SID data set reads it), × infer.ratio, clipped to 1."""
+        import tempfile
+
+        from src.data.raw_preprocess import convert_raw
+        from src.data.sid import SIDPairs
+
+        ratio = float(self.cfg["infer"]["ratio"])
+        h5 = path
+        with tempfile.TemporaryDirectory(prefix="lsid-infer-") as tmp:
+            if not path.lower().endswith(".h5"):
+                h5 = os.path.join(tmp, "raw.h5")
+                try:
+                    convert_raw(path, h5, ground_truth=False, compression="none",
+                                source_name=os.path.basename(path))
+                except Exception as exc:  # LibRaw's errors have many types; all say "unreadable"
+                    raise UserError("cannot decode raw %s: %s" % (
+                        path, str(exc).splitlines()[0] if str(exc) else type(exc).__name__)) from exc
+            try:
+                import h5py
+
+                with h5py.File(h5, "r") as f:
+                    raw = f["raw"][()]
+                    meta = {"black": np.asarray(f.attrs["black_level"],
+                                                np.float32).reshape(4, 1, 1),
+                            "white": float(f.attrs["white_level"])}
+            except (OSError, KeyError) as exc:
+                raise UserError("cannot read %s: %s (an HDF5 file of --task preprocess)"
+                                % (path, exc)) from exc
+        x = np.minimum(SIDPairs._normalise(raw, meta, ratio), 1.0)
+        return np.ascontiguousarray(x, dtype=np.float32), {"bits": 8}
+
     def checkpoint_cells(self) -> dict:
         return {"net": self.net, "opt": self.optimizer}
 
@@ -136,7 +174,7 @@ class LSIDRecipe(Recipe):
     def check_config(cls, checks) -> None:
         c = checks
         why = "the SID U-Net pools four times (packed pixels)"
-        if c.for_tasks("train", "eval", "export"):
+        if c.for_tasks("train", "eval", "export", "infer"):
             # The recipe refuses these when it is built, whatever the task.
             c.multiple("data.train.crop", SIZE_MULTIPLE, why)
             c.multiple("eval.pad_multiple", SIZE_MULTIPLE, why)
@@ -149,6 +187,8 @@ class LSIDRecipe(Recipe):
             for split in ("train", "val"):
                 c.number("data.%s.max_ratio" % split, gt=0)
             c.number("data.val.crop", ge=0, integer=True, note="0 = full images")
+        if c.for_tasks("infer"):
+            c.number("infer.ratio", gt=0, note="the exposure amplification, e.g. 100")
         if c.exporting:
             c.multiple("export.height", SIZE_MULTIPLE, why)
             c.multiple("export.width", SIZE_MULTIPLE, why)

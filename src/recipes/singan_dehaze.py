@@ -102,7 +102,7 @@ def check_model(checks) -> None:
 
     c = checks
     why = "the generator downsamples twice"
-    if c.for_tasks("train", "eval", "export"):
+    if c.for_tasks("train", "eval", "export", "infer"):
         for name in ("gan", "nce", "perceptual", "mmd"):
             c.number("loss.weights.%s" % name, ge=0, note="0 turns the term off")
         layers = c.get("loss.nce.layers")
@@ -367,6 +367,12 @@ class SinGANDehazeRecipe(Recipe):
 
     def predict(self, x: np.ndarray) -> np.ndarray:
         return from_net(self.infer(self.g, to_net(x)))
+
+    def net_input(self, x: np.ndarray) -> np.ndarray:
+        return to_net(x)
+
+    def net_output(self, y: np.ndarray) -> np.ndarray:
+        return from_net(y)
 
     def checkpoint_cells(self) -> dict:
         return {"g": self.g, "d": self.d, "head": self.head, "opt_g": self.opt_g,
