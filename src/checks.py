@@ -206,12 +206,47 @@ def check_optimizers(checks: Checks) -> None:
     walk(checks.get("optim"), "optim")
 
 
+#: Models whose losses run on a frozen ImageNet VGG: (architecture, the loss weights that use it).
+VGG_LOSSES = {
+    "aecrnet": ("vgg19", ("loss.cr_weight",)),
+    "singan_dehaze": ("vgg16", ("loss.weights.perceptual", "loss.weights.mmd")),
+}
+#: torchvision's file for each architecture, as the converter's usage names it.
+TORCHVISION_VGG = {"vgg16": "vgg16-397923af.pth", "vgg19": "vgg19-dcbb9e9d.pth"}
+
+
+def check_vgg_weights(checks: Checks) -> None:
+    """A training run whose loss uses VGG features needs ImageNet VGG weights: on a random VGG
+    the contrastive / perceptual / MMD terms are not the paper's losses, and (on a CPU) cost
+    most of each step, so such a run would be paid for and meaningless. Refused unless
+    `loss.allow_random_vgg` says the random VGG is wanted (an experiment)."""
+    c = checks
+    spec = VGG_LOSSES.get(str(c.get("model", "")))
+    if spec is None or not c.for_tasks("train"):
+        return
+    arch, terms = spec
+    if c.get("loss.vgg_weights") or c.get("loss.allow_random_vgg") is True:
+        return
+    using = ["%s=%s" % (key, _num(c.get(key))) for key in terms
+             if is_number(c.get(key)) and c.get(key) > 0]
+    if not using:
+        return
+    c.fail("loss.vgg_weights", c.get("loss.vgg_weights", ""),
+           "a converted %s checkpoint while %s: convert torchvision's once with `python -m "
+           "src.tools.convert_torch %s %s %s.ckpt` and set --loss.vgg_weights=obs://.../%s.ckpt; "
+           "or set %s for a run without VGG, or --loss.allow_random_vgg=true to train on a "
+           "random %s as an experiment"
+           % (arch.upper(), " and ".join(using), arch, TORCHVISION_VGG[arch], arch, arch,
+              " and ".join("--%s=0" % key for key in terms), arch.upper()))
+
+
 def check_values(cfg: dict, task: str = "plan", recipe_cls=None) -> None:
     """Raise one UserError listing every out-of-range value `task` would use (see the module
     docstring). `recipe_cls`: the model's Recipe class (default: looked up from cfg['model'],
     which imports the recipe module but not MindSpore)."""
     checks = Checks(cfg, task)
     check_common(checks)
+    check_vgg_weights(checks)
     if recipe_cls is None and cfg.get("model"):
         from src.recipes.base import get_recipe
 

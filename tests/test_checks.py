@@ -214,3 +214,53 @@ def test_size_rules_match_the_networks(pynative_mode):
     assert u(ms.Tensor(np.zeros((1, 4, 16, 32), np.float32))).shape[-2:] == (32, 64)
     with pytest.raises((ValueError, RuntimeError)):
         u(ms.Tensor(np.zeros((1, 4, 24, 24), np.float32)))
+
+
+# A paid run whose VGG-based loss would run on a random VGG is refused, with the converter
+# command in the message; demo configs and an explicit loss.allow_random_vgg pass.
+RANDOM_VGG = [
+    ("configs/aecrnet_its.yaml", "vgg19", "loss.cr_weight=0.1"),
+    ("configs/aecrnet_dense.yaml", "vgg19", "loss.cr_weight=0.1"),
+    ("configs/singan_dehaze_sots.yaml", "vgg16", "loss.weights.perceptual=1"),
+    ("configs/singan_dehaze_ohaze.yaml", "vgg16", "loss.weights.mmd=1"),
+]
+
+
+@pytest.mark.parametrize("config,arch,term", RANDOM_VGG)
+def test_plan_refuses_a_random_vgg(run_main, config, arch, term):
+    rc, out, err = run_main(["--task=plan", "--config=%s" % config, "--loss.vgg_weights=''"])
+    text = out + err
+    assert rc != 0
+    assert "loss.vgg_weights=''" in text and term in text
+    assert "python -m src.tools.convert_torch %s " % arch in text
+    assert "--loss.allow_random_vgg=true" in text
+
+
+@pytest.mark.parametrize("config,arch,term", RANDOM_VGG)
+def test_a_random_vgg_is_refused_at_job_start_unless_allowed(config, arch, term):
+    cfg = load_config(config, ["loss.vgg_weights=''"])
+    with pytest.raises(UserError, match=r"convert_torch %s" % arch):
+        check_values(cfg, "train")
+    check_values(cfg, "eval")    # evaluation and export never run the loss
+    check_values(cfg, "export")
+    check_values(load_config(config, ["loss.vgg_weights=''", "loss.allow_random_vgg=true"]),
+                 "train")
+
+
+def test_the_vgg_terms_off_need_no_weights():
+    check_values(load_config("configs/aecrnet_its.yaml",
+                             ["loss.vgg_weights=''", "loss.cr_weight=0"]), "train")
+    check_values(load_config("configs/singan_dehaze_sots.yaml",
+                             ["loss.vgg_weights=''", "loss.weights.perceptual=0",
+                              "loss.weights.mmd=0"]), "train")
+    with pytest.raises(UserError, match="loss.weights.mmd=1"):
+        check_values(load_config("configs/singan_dehaze_sots.yaml",
+                                 ["loss.vgg_weights=''", "loss.weights.perceptual=0"]), "train")
+
+
+def test_a_random_vgg_refusal_stops_the_job_before_staging(run_main, tmp_path):
+    rc, _, err = run_main(["--task=train", "--config=configs/aecrnet_its.yaml",
+                           "--loss.vgg_weights=''", "--data_url=%s" % (tmp_path / "data"),
+                           "--train_url=%s" % (tmp_path / "out")])
+    assert rc == 2 and "convert_torch vgg19" in err and err.count("\n") == 1
+    assert not (tmp_path / "cache").exists() and not (tmp_path / "out").exists()

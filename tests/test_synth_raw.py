@@ -93,3 +93,31 @@ def test_synthesize_rejects_bad_sizes(tmp_path):
         sr.synthesize_sid(str(tmp_path), height=101, width=96)
     with pytest.raises(UserError, match="shorter"):
         sr.synthesize_sid(str(tmp_path), height=64, width=64, short_exposures=(20.0,))
+
+
+def test_evaluation_scenes_are_different_photos_and_come_first(tmp_path):
+    """The first samples an evaluation shows are different scenes (each held-out photo and a
+    procedural scene in turn), not one scene at several exposures."""
+    sr.synthesize_sid(str(tmp_path), num_scenes=2, num_test_scenes=1, num_val_scenes=3,
+                      height=64, width=96, short_exposures=(0.1, 0.033))
+    rows = (tmp_path / "Sony_val_list.txt").read_text().splitlines()
+    assert len(rows) == 3 * 2
+    longs = [row.split()[1] for row in rows]
+    assert len(set(longs[:3])) == 3 and longs[3:] == longs[:3]
+    assert [exposure_from_name(row.split()[0]) for row in rows] == [0.1] * 3 + [0.033] * 3
+    images = []
+    for name in longs[:3]:
+        with rawpy.imread(str(tmp_path / name)) as r:
+            img = r.postprocess(use_camera_wb=True, no_auto_bright=True).astype(np.float32)
+        images.append(img / img.mean())
+    for i in range(3):
+        for j in range(i + 1, 3):
+            assert np.abs(images[i] - images[j]).mean() > 0.2  # not crops of one photo
+
+
+def test_scene_sources_cycle_for_evaluation():
+    rng = np.random.default_rng(0)
+    scenes = [sr.scene_radiance(rng, 32, 48, sr.EVAL_SCENES, index=k) for k in range(3)]
+    assert all(s.shape == (32, 48, 3) and 0.0 <= s.min() and s.max() <= 1.0 for s in scenes)
+    assert sr.PROCEDURAL in sr.TRAIN_SCENES and sr.PROCEDURAL in sr.EVAL_SCENES
+    assert not set(sr.TRAIN_SCENES) & set(sr.EVAL_SCENES) - {sr.PROCEDURAL}

@@ -14,13 +14,14 @@ AsShotNeutral...) and LibRaw (rawpy) decodes them bit-exactly, so preprocessing,
 evaluation run on real files end to end.
 
 The sensor model, per scene: a linear sRGB radiance map (a real photograph shipped with
-scikit-image, linearised, cropped and scaled in brightness) seen through a camera matrix whose
-rows sum to one, scaled per channel by the as-shot neutral (the camera's response to white);
-photo-electrons at the long exposure fill `brightness` of the well; a short exposure collects
-t_short / t_long of them. Each frame is Poisson shot noise on the electrons, times the gain
-(DN per electron, from the ISO), plus Gaussian read noise in DN, plus the black level, rounded
-and clipped to [0, white]. LibRaw's camera-WB + matrix pipeline inverts the colour part exactly,
-so the long exposure's `postprocess()` is the scene, gamma-encoded: a sensible ground truth."""
+scikit-image or a procedural scene, linearised, cropped and scaled in brightness) seen through a
+camera matrix whose rows sum to one, scaled per channel by the as-shot neutral (the camera's
+response to white); photo-electrons at the long exposure fill `brightness` of the well; a short
+exposure collects t_short / t_long of them. Each frame is Poisson shot noise on the electrons,
+times the gain (DN per electron, from the ISO), plus Gaussian read noise in DN, plus the black
+level, rounded and clipped to [0, white]. LibRaw's camera-WB + matrix pipeline inverts the
+colour part exactly, so the long exposure's `postprocess()` is the scene, gamma-encoded: a
+sensible ground truth."""
 from __future__ import annotations
 
 import fractions
@@ -53,11 +54,15 @@ CAMERA_FROM_SRGB = np.array([[0.70, 0.25, 0.05],
 # Camera response to white light, G = 1 (a typical daylight balance: R and B are weaker).
 AS_SHOT_NEUTRAL = (0.50, 1.0, 0.65)
 
-# Real photographs shipped with scikit-image (no download): the scene content.
-# The last two are held out for the test and val scenes (natural photos; the colour wheel and
-# the microscopy images teach saturated colours).
-SCENE_PHOTOS = ("astronaut.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
-                "retina.jpg", "ihc.png", "color.png", "coffee.png", "chelsea.png")
+# Real photographs shipped with scikit-image (no download), and PROCEDURAL (sky, ground and
+# buildings drawn by src.data.synth_haze): the scene content. Training scenes draw from
+# TRAIN_SCENES (the colour wheel and the microscopy images teach saturated colours);
+# evaluation scenes cycle through EVAL_SCENES, which training never sees, so consecutive
+# samples show different scenes.
+PROCEDURAL = "procedural"
+TRAIN_SCENES = ("astronaut.png", "rocket.jpg", "motorcycle_left.png", "hubble_deep_field.jpg",
+                "retina.jpg", "ihc.png", "color.png", PROCEDURAL)
+EVAL_SCENES = ("coffee.png", "chelsea.png", PROCEDURAL)
 
 SPLIT_DIGIT = {"train": 0, "test": 1, "val": 2}
 
@@ -168,12 +173,19 @@ def _photo(name: str) -> np.ndarray:
 
 
 def scene_radiance(rng: np.random.Generator, height: int, width: int,
-                   photos: Sequence[str]) -> np.ndarray:
-    """H×W×3 linear sRGB radiance: a random crop of a random photo (random scale, flips,
-    rotation), resized to the sensor, linearised. Values in [0, 1]."""
+                   photos: Sequence[str], index: Optional[int] = None) -> np.ndarray:
+    """H×W×3 linear sRGB radiance: a random crop of a photo (random scale, flips, rotation),
+    resized to the sensor, linearised, or a procedural scene (PROCEDURAL). The photo is
+    photos[index % len(photos)], or a random one when index is None. Values in [0, 1]."""
     import cv2
 
-    img = _photo(photos[int(rng.integers(0, len(photos)))])
+    name = photos[int(rng.integers(0, len(photos))) if index is None else index % len(photos)]
+    if name == PROCEDURAL:
+        from src.data.synth_haze import procedural_scene
+
+        img = procedural_scene(rng, height, width)[0]
+        return np.clip(srgb_to_linear(np.clip(img, 0.0, 1.0)), 0.0, 1.0)
+    img = _photo(name)
     if rng.integers(0, 2):
         img = img[:, ::-1]
     if rng.integers(0, 2):
@@ -261,18 +273,19 @@ def synthesize_sid(out_dir: str, *, num_scenes: int = 8, num_test_scenes: int = 
     cfa_codes(cfa)
     if not extension.startswith("."):
         extension = "." + extension
-    # Held-out photos for test/val so evaluation scenes are not crops of training scenes.
-    photos = {"train": SCENE_PHOTOS[:-2], "test": SCENE_PHOTOS[-2:], "val": SCENE_PHOTOS[-2:]}
+    # Held-out scenes for test/val so evaluation scenes are not crops of training scenes.
+    photos = {"train": TRAIN_SCENES, "test": EVAL_SCENES, "val": EVAL_SCENES}
     short_dir = os.path.join(out_dir, camera, "short")
     long_dir = os.path.join(out_dir, camera, "long")
     files = 0
     total_bytes = 0
     for split, n in counts.items():
-        rows: List[str] = []
+        rows: List[Tuple[int, int, str]] = []  # (exposure, scene, row)
         for k in range(n):
             scene_id = "%d%04d" % (SPLIT_DIGIT[split], k + 1)
             rng = np.random.default_rng(np.random.SeedSequence([int(seed), SPLIT_DIGIT[split], k]))
-            radiance = scene_radiance(rng, height, width, photos[split])
+            radiance = scene_radiance(rng, height, width, photos[split],
+                                      index=None if split == "train" else k)
             camera_rgb = np.einsum("ij,hwj->hwi", CAMERA_FROM_SRGB, radiance)
             camera_rgb *= np.asarray(AS_SHOT_NEUTRAL)
             p99 = float(np.percentile(camera_rgb, 99)) or 1.0
@@ -292,17 +305,22 @@ def synthesize_sid(out_dir: str, *, num_scenes: int = 8, num_test_scenes: int = 
             files += 1
             total_bytes += os.path.getsize(long_path)
             for frame in range(int(frames)):
-                for t in shorts:
+                for e, t in enumerate(shorts):
                     name = "%s_%02d_%s%s" % (scene_id, frame, _exposure_token(t), extension)
                     path = os.path.join(short_dir, name)
                     write_dng(path, expose(rng, signal, fraction=t / float(long_exposure),
                                            **noise), exposure_time=t, **meta)
                     files += 1
                     total_bytes += os.path.getsize(path)
-                    rows.append("./%s/short/%s ./%s/long/%s ISO%d F%g" % (
-                        camera, name, camera, long_name, scene_iso, f_number))
+                    rows.append((e, k, "./%s/short/%s ./%s/long/%s ISO%d F%g" % (
+                        camera, name, camera, long_name, scene_iso, f_number)))
+        if split != "train":
+            # Evaluation lists run through the scenes first, so the first samples an
+            # evaluation shows (eval.num_samples) are different scenes, not one scene's
+            # exposures; a stable sort keeps the frames in order.
+            rows.sort(key=lambda row: row[:2])
         list_path = os.path.join(out_dir, "%s_%s_list.txt" % (camera, split))
-        _write_text(list_path, "".join(r + "\n" for r in rows))
+        _write_text(list_path, "".join(r[2] + "\n" for r in rows))
         files += 1
     summary = {"files": files, "scenes": counts, "bytes": total_bytes,
                "size": [height, width], "seconds": round(time.time() - started, 2)}

@@ -50,7 +50,7 @@ def export_mindir(cell, example_inputs: Sequence[np.ndarray], path: str, *, chec
             _round_trip(cell, [np.pad(a, grow, mode="reflect") for a in arrays], path, atol)
         # The caller reports the export (with its time): this detail is for the debug log.
         log.debug("exported %s%s; round trip max abs diff within %.1g", path,
-                 " (any height and width)" if dynamic else "", atol)
+                  " (any height and width)" if dynamic else "", atol)
     return path
 
 

@@ -216,6 +216,9 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
         log.info("trainable parameter checksum (identical on every rank in data parallel): %s",
                  parameter_checksum(recipe.checkpoint_cells()))
         job.update_run(train=summary, metrics=summary.get("metrics", {}))
+        if is_main:
+            report_outcome(summary.get("metrics") or {}, cfg.get("train_url") or "",
+                           job.output_dir)
     else:
         if source == "none":
             path = "none"
@@ -298,6 +301,48 @@ def infer_recipe(recipe, predict, cfg: dict, job, photos_dir: str, *, checkpoint
                         log_every=int(ic["log_every"]), on_written=job.push)
     job.update_run(infer=summary, checkpoint=checkpoint)
     return 1 if summary["failed"] else 0
+#: (metric, label, format, which way is better) for the end-of-training summary.
+OUTCOME_METRICS = (("psnr", "PSNR", "%.2f dB", "higher"), ("ssim", "SSIM", "%.3f", "higher"),
+                   ("ciede2000", "CIEDE2000", "%.2f", "lower"))
+
+
+def outcome_line(metrics: dict) -> str:
+    """'PSNR 11.32 dB → 19.10 dB (higher is better), ...': each metric of the last evaluation
+    next to the input's own score against the target ('' when nothing was evaluated)."""
+    if not metrics or metrics.get("psnr") is None:
+        return ""
+    parts = []
+    for key, label, fmt, better in OUTCOME_METRICS:
+        value, ref = metrics.get(key), metrics.get("reference_" + key)
+        if value is None:
+            continue
+        shown = fmt % value if ref is None else "%s → %s" % (fmt % ref, fmt % value)
+        parts.append("%s %s (%s is better)" % (label, shown, better))
+    return ", ".join(parts)
+
+
+def report_outcome(metrics: dict, train_url: str, output_dir: str) -> None:
+    """The end of a training run in two lines: what it bought on the validation set (input →
+    output) and where its sample grids are, as the user can open them."""
+    line = outcome_line(metrics)
+    if not line:
+        return
+    log.info("result on %d validation images, input → output: %s", int(metrics.get("count", 0)),
+             line)
+    folder = os.path.join(output_dir, "samples")
+    names = sorted(n for n in os.listdir(folder) if n.endswith(".png")) if os.path.isdir(
+        folder) else []
+    if not names:
+        return
+    where = os.path.join(folder, names[0])
+    mock_root = os.environ.get("OBS_MOCK_ROOT", "")
+    if train_url and "://" in train_url:
+        url = train_url.rstrip("/") + "/samples/" + names[0]
+        # With the filesystem mock the grid is a local file: name that too, to open it.
+        where = url + (" (%s)" % os.path.join(mock_root, url.split("://", 1)[1])
+                       if mock_root else "")
+    log.info("sample grid (input | output | target): %s%s", where,
+             " and %d more beside it" % (len(names) - 1) if len(names) > 1 else "")
 
 
 def _on_event(job, name: str, data: dict) -> None:

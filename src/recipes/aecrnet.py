@@ -130,9 +130,13 @@ class AECRNetRecipe(Recipe):
                              neg_num=int(lc["neg_num"]), vgg_weights=self.vgg_weights or None,
                              vgg_normalize=bool(lc["vgg_normalize"]),
                              ablation=bool(lc["ablation"]))
-        if self.loss.vgg_pretrained is False:
-            log.warning("loss.cr_weight=%g with NO VGG19 weights (loss.vgg_weights is empty): "
-                        "the contrastive term runs on a random VGG and is not the paper's CR. "
+        if self.loss.cr is None:
+            log.info("loss: plain L1 (loss.cr_weight=0, no VGG19 built); the paper's loss, "
+                     "L1 + 0.1·CR, needs ImageNet VGG19 weights in loss.vgg_weights")
+        elif self.loss.vgg_pretrained is False:
+            log.warning("loss.cr_weight=%g with NO VGG19 weights (loss.vgg_weights is empty, "
+                        "loss.allow_random_vgg is set): the contrastive term runs on a random "
+                        "VGG and is not the paper's CR. "
                         "This run is labelled vgg_weights='%s' in run.json.",
                         float(lc["cr_weight"]), NO_VGG)
         oc, sc = cfg["optim"], cfg["schedule"]
