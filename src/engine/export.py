@@ -3,6 +3,7 @@ must reproduce the eager net's output, so a broken export fails the job that mad
 of the deployment that uses it."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Sequence
@@ -20,12 +21,38 @@ def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
 
 
+@contextlib.contextmanager
+def graph_mode():
+    """Run the body in GRAPH_MODE and restore the previous mode. A GraphCell (a loaded MindIR)
+    executes only there on MindSpore 2.0 ("The graph generated form MindIR is not support to
+    execute in the PynativeMode"); later versions also run it in PYNATIVE_MODE."""
+    import mindspore as ms
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=previous)
+
+
+def run_mindir(path: str, *inputs):
+    """Load the MindIR at `path` and run it once on `inputs` (numpy arrays or Tensors); a tuple
+    of numpy outputs."""
+    import mindspore as ms
+    from mindspore import nn
+
+    tensors = [x if isinstance(x, ms.Tensor) else ms.Tensor(np.asarray(x)) for x in inputs]
+    with graph_mode():
+        out = nn.GraphCell(ms.load(path))(*tensors)
+    return tuple(o.asnumpy() for o in _as_tuple(out))
+
+
 def export_mindir(cell, example_inputs: Sequence[np.ndarray], path: str, *, check: bool = True,
                   atol: float = 1e-4) -> str:
     """Export `cell` (inference mode) to `path` (.mindir) traced with `example_inputs`; when
     `check`, the loaded graph's outputs must match the eager ones within `atol` (max abs)."""
     import mindspore as ms
-    from mindspore import nn
 
     if not path.endswith(".mindir"):
         raise ValueError("export path must end with .mindir: %s" % path)
@@ -38,8 +65,7 @@ def export_mindir(cell, example_inputs: Sequence[np.ndarray], path: str, *, chec
         raise RuntimeError("ms.export wrote no %s" % path)
     if check:
         eager = [o.asnumpy() for o in _as_tuple(cell(*tensors))]
-        loaded = nn.GraphCell(ms.load(path))
-        graph = [o.asnumpy() for o in _as_tuple(loaded(*tensors))]
+        graph = run_mindir(path, *tensors)
         if len(graph) != len(eager):
             raise ExportMismatch("%s returns %d outputs, the eager net %d"
                                  % (path, len(graph), len(eager)))
