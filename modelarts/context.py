@@ -100,10 +100,19 @@ def apply_context(plan: ContextPlan) -> None:
             raise SystemExit(0)
         _note_joined()
         rank, size = get_rank(), get_group_size()
-        if (rank, size) != (plan.shard_id, plan.num_shards):
+        # A rank table fixes each rank's device for HCCL: it must be the rank init() gives. A
+        # dynamic cluster (msrun or its MS_* variables) numbers workers by a numeric MS_NODE_ID
+        # from MindSpore 2.3 on, but before that in the order they join. There the job keeps
+        # the environment's numbering: ranks only shard the data and choose the one writer
+        # (a permutation of 0..N-1 either way), and gradients are averaged over all of them.
+        if size != plan.num_shards or (rank != plan.shard_id and plan.rank_table_file):
             raise UserError(f"communication init() made this process rank {rank} of {size}, but "
                             f"the environment said rank {plan.shard_id} of {plan.num_shards}; "
                             f"check RANK_ID / RANK_SIZE / MS_NODE_ID")
+        if rank != plan.shard_id:
+            logger.info("MindSpore numbered this worker %d of %d in the order workers joined; "
+                        "the job keeps rank %d (MS_NODE_ID) for data shards and outputs",
+                        rank, size, plan.shard_id)
     if plan.parallel_mode == DATA_PARALLEL:
         ms.reset_auto_parallel_context()
         ms.set_auto_parallel_context(parallel_mode=ms.ParallelMode.DATA_PARALLEL,

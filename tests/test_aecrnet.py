@@ -447,7 +447,13 @@ def test_recipe_trains_predicts_and_exports(tmp_path):
     assert pred.shape == (1, 3, 24, 24) and pred.min() >= 0.0 and pred.max() <= 1.0
     losses += [float(recipe.train_step(batch)["loss"].asnumpy()) for _ in range(5)]
     assert not np.allclose(recipe.net.deconv.running_mean.asnumpy(), mean_before)
-    assert losses[-1] < 0.85 * losses[0], losses
+    # Every step lowers the loss on the one batch. (How much 10 steps gain depends on the random
+    # init, whose samples differ between MindSpore versions: 7 % on 2.0, 24 % on 2.8.)
+    assert all(b < a for a, b in zip(losses, losses[1:])) and losses[-1] < 0.95 * losses[0], \
+        losses
+    # The schedule's step counter advanced once per step (resuming counts steps by it).
+    assert recipe.optimizer.dynamic_lr
+    assert int(recipe.optimizer.global_step.asnumpy()[0]) == 10
     cell, examples = recipe.export_cell()
     assert examples[0].shape == (1, 3, 16, 16)
     assert cell(T(examples[0])).shape == (1, 3, 16, 16)

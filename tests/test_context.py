@@ -138,25 +138,26 @@ def _free_port():
 
 
 @pytest.mark.slow
-def test_apply_context_under_msrun_two_cpu_workers_and_the_scheduler(tmp_path):
-    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable))
-    assert msrun, "msrun comes with MindSpore and must be installed next to python"
+def test_apply_context_in_a_two_worker_cluster_with_its_scheduler(tmp_path):
+    """Two CPU workers and the scheduler, started by msrun or (MindSpore < 2.3) by the
+    environment variables msrun sets."""
+    from tests import cluster
+
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     logs = tmp_path / "logs"
-    res = subprocess.run([msrun, "--worker_num=2", "--local_worker_num=2",
-                          f"--master_port={_free_port()}", f"--log_dir={logs}",
-                          "--join=True", str(script), "graph"],
-                         cwd=str(tmp_path), env=_clean_env(PATH=os.path.dirname(sys.executable)
-                                                           + os.pathsep + os.environ["PATH"]),
-                         capture_output=True, text=True, timeout=300)
+    res = cluster.run([str(script), "graph"], workers=2, port=_free_port(), log_dir=str(logs),
+                      cwd=str(tmp_path), env=_clean_env(), timeout=300)
     texts = {p.name: p.read_text() for p in logs.glob("*.log")}
-    assert res.returncode == 0, (res.stdout[-2000:], texts)
+    assert res.returncode == 0, (res.output[-2000:], texts)
     applied = [json.loads(line[len("APPLIED "):]) for text in texts.values()
                for line in text.splitlines() if line.startswith("APPLIED ")]
     # The scheduler ran the same script but never got past init(); each worker is its rank.
-    assert sorted((a["rank"], a["comm_rank"], a["comm_size"]) for a in applied) == \
-        [(0, 0, 2), (1, 1, 2)]
+    assert sorted(a["rank"] for a in applied) == sorted(a["comm_rank"] for a in applied) == [0, 1]
+    assert all(a["comm_size"] == 2 for a in applied)
+    if cluster.msrun_path():
+        # MindSpore >= 2.3 numbers workers by MS_NODE_ID; older ones in the order they join.
+        assert all(a["rank"] == a["comm_rank"] for a in applied), applied
     assert all(a["role"] == "worker" and a["parallel_mode"] == "data_parallel"
                and a["gradients_mean"] and a["device_num"] == 2 and a["sum"] == 4.0
                for a in applied)

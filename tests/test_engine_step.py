@@ -110,8 +110,11 @@ def test_two_compiled_steps_in_one_process():
     d = nn.Dense(2, 1)
     prefix_parameter_names({"g": g, "d": d})  # both would be 'weight'/'bias' otherwise
     assert [p.name for p in d.trainable_params()] == ["d.weight", "d.bias"]
-    opt_g = nn.Adam(g.trainable_params(), 0.01)
-    opt_d = nn.Adam(d.trainable_params(), 0.01)
+    # Per-step learning rates, as every recipe gives them: MindSpore 2.0 advances global_step
+    # only for a dynamic learning rate (2.8 always does), and resuming counts steps by it.
+    lrs = ms.Tensor(np.full(10, 0.01, np.float32))
+    opt_g = nn.Adam(g.trainable_params(), lrs)
+    opt_d = nn.Adam(d.trainable_params(), lrs)
 
     def g_forward(z):
         fake = g(z)

@@ -4,6 +4,7 @@ of the deployment that uses it. A dynamic export takes any height and width (inp
 Tensor(shape=[N, C, None, None])): it is checked at the example's size and at a second one."""
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 from typing import Sequence
@@ -19,6 +20,33 @@ class ExportMismatch(RuntimeError):
 
 def _as_tuple(out):
     return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+@contextlib.contextmanager
+def graph_mode():
+    """Run the body in GRAPH_MODE and restore the previous mode. A GraphCell (a loaded MindIR)
+    executes only there on MindSpore 2.0 ("The graph generated form MindIR is not support to
+    execute in the PynativeMode"); later versions also run it in PYNATIVE_MODE."""
+    import mindspore as ms
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)
+    try:
+        yield
+    finally:
+        ms.set_context(mode=previous)
+
+
+def run_mindir(path: str, *inputs):
+    """Load the MindIR at `path` and run it once on `inputs` (numpy arrays or Tensors); a tuple
+    of numpy outputs."""
+    import mindspore as ms
+    from mindspore import nn
+
+    tensors = [x if isinstance(x, ms.Tensor) else ms.Tensor(np.asarray(x)) for x in inputs]
+    with graph_mode():
+        out = nn.GraphCell(ms.load(path))(*tensors)
+    return tuple(o.asnumpy() for o in _as_tuple(out))
 
 
 def export_mindir(cell, example_inputs: Sequence[np.ndarray], path: str, *, check: bool = True,
@@ -58,12 +86,10 @@ def _round_trip(cell, arrays: Sequence[np.ndarray], path: str, atol: float) -> N
     """The loaded file must give the eager net's outputs on `arrays`. A fresh GraphCell per
     size: MindSpore 2.0 crashes when one dynamic-size graph runs a second shape."""
     import mindspore as ms
-    from mindspore import nn
 
     tensors = [ms.Tensor(a) for a in arrays]
     eager = [o.asnumpy() for o in _as_tuple(cell(*tensors))]
-    loaded = nn.GraphCell(ms.load(path))
-    graph = [o.asnumpy() for o in _as_tuple(loaded(*tensors))]
+    graph = run_mindir(path, *tensors)
     if len(graph) != len(eager):
         raise ExportMismatch("%s returns %d outputs, the eager net %d"
                              % (path, len(graph), len(eager)))

@@ -103,7 +103,10 @@ class VGGFeatures(nn.Cell):
                 cells.append(nn.Conv2d(in_ch, v, 3, pad_mode="pad", padding=1, has_bias=True))
                 cells.append(nn.ReLU())
                 in_ch = v
-        self.features = nn.SequentialCell(cells[:last + 1])
+        # A CellList, not a SequentialCell: construct iterates it to collect the taps, and
+        # MindSpore 2.0's graph compiler cannot iterate a SequentialCell (names are the same:
+        # `features.N.weight`).
+        self.features = nn.CellList(cells[:last + 1])
         # Feature maps are collected in network order; `order[j]` is where layers[j] lands.
         taps = sorted(set(indices))
         self.taps = tuple(taps)
