@@ -86,7 +86,7 @@ class Invocation:
         return ["%s=%s" % (self.ckpt_key, self.ckpt_url)] + list(self.overrides)
 
 
-USAGE = __doc__.split("\n\n")[1].strip()
+USAGE = " ".join(__doc__.split("\n\n")[1].split())  # one line, for error messages
 
 
 def parse_argv(argv: list) -> Invocation:
