@@ -12,8 +12,9 @@ from (train: net_weights) or to evaluate/export (eval.checkpoint). `--task=plan`
 job without downloading data (data_url, every URL the config names, the data set layouts,
 every value), prints what it would do with a `checks` list and exits non-zero if one failed.
 
-The sequence is parse → environment → job (staging, outputs) → device context → engine; each
-step is its own module, this file only puts them in order.
+The sequence is parse → config (src/config_source.py, src/config.py) → value checks →
+environment → checks of what the task reads (src/preflight.py) → job (staging, outputs) →
+device context → engine; each step is its own module, this file only puts them in order.
 """
 from __future__ import annotations
 
@@ -85,7 +86,7 @@ class Invocation:
         return ["%s=%s" % (self.ckpt_key, self.ckpt_url)] + list(self.overrides)
 
 
-USAGE = __doc__.split("\n\n")[1].strip()
+USAGE = " ".join(__doc__.split("\n\n")[1].split())  # one line, for error messages
 
 
 def parse_argv(argv: list) -> Invocation:

@@ -136,11 +136,13 @@ class Checks:
         if not self.problems:
             return
         n = len(self.problems)
-        raise UserError("%s: %s: %s; fix %s in the config file or on the command line "
+        err = UserError("%s: %s: %s; fix %s in the config file or on the command line "
                         "(e.g. --%s=...)" % (
                             where, "a bad value" if n == 1 else "%d bad values" % n,
                             "; ".join(self.problems), "it" if n == 1 else "them",
                             self.problems[0].split("=", 1)[0]))
+        err.problems = list(self.problems)  # type: ignore[attr-defined]  # plan: one line each
+        raise err
 
 
 def _num(x: float) -> str:

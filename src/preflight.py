@@ -3,7 +3,8 @@
 `run_checks(cfg, task)` returns one `Check(name, ok, message)` per thing it looked at:
 
 * `config` — a config fetched from a URL or found inside data_url says where it came from;
-* `values` — every value check that needs no data (`src.checks.check_values`);
+* `values` — every value check that needs no data (`src.checks.check_values`); when some
+  fail, one failed check per bad key instead, named by the key;
 * `data_url` — ONE listing of data_url (names and sizes, nothing downloaded);
 * `data.train`, `data.val`, ... — each data set the recipe says the task reads
   (`Recipe.reads`) runs its own discovery on that listing (`check_listing`: the folders, the
@@ -40,6 +41,9 @@ class Check(NamedTuple):
     message: str   # what was found, or what is wrong and how to fix it
 
     def line(self) -> str:
+        """`name: message`, or the message alone when it starts with the name already."""
+        if self.message.startswith(self.name + "="):
+            return self.message
         return "%s: %s" % (self.name, self.message)
 
 
@@ -68,7 +72,7 @@ def run_checks(cfg: dict, task: str, *, config_source=None, values: bool = True,
     if config_source is not None and config_source.found_in:
         checks.append(Check("config", True, config_source.found_in))
     if values:
-        checks.append(_values(cfg, task))
+        checks.extend(_values(cfg, task))
     recipe_cls = get_recipe(str(cfg["model"]))
     reads = recipe_cls.reads(cfg, task)
     data_keys = [k for k in reads if isinstance(get_path(cfg, k, None), dict)]
@@ -96,14 +100,19 @@ def run_checks(cfg: dict, task: str, *, config_source=None, values: bool = True,
     return checks
 
 
-def _values(cfg: dict, task: str) -> Check:
+def _values(cfg: dict, task: str) -> List[Check]:
+    """check_values' verdict: one failed check per bad key (`key=value (must be ...)`)."""
     from src.checks import check_values
 
     try:
         check_values(cfg, task)
     except UserError as err:
-        return Check("values", False, str(err))
-    return Check("values", True, "every value is in range")
+        problems = getattr(err, "problems", None)
+        if not problems:
+            return [Check("values", False, str(err))]
+        return [Check(p.split("=", 1)[0], False, "%s; fix it in the config file or with --%s=..."
+                      % (p, p.split("=", 1)[0])) for p in problems]
+    return [Check("values", True, "every value is in range")]
 
 
 def _data_url(cfg: dict, retries: int):

@@ -92,9 +92,9 @@ def test_bad_value_is_one_error_line_naming_the_key(run_main, config, override, 
     rc, out, err = run_main(["--task=%s" % task, "--config=%s" % config, "--" + override])
     assert rc == 2, err
     lines = err.strip().splitlines()
-    if task == "plan":  # the values line among the plan's other failed checks (no data here)
-        assert json.loads(out)["checks"][0]["name"] == "values"
-        lines = [line for line in lines if line.startswith("error: values: ")]
+    if task == "plan":  # the key's line among the plan's other failed checks (no data here)
+        assert json.loads(out)["checks"][0]["name"] == key
+        lines = [line for line in lines if line.startswith("error: %s=" % key)]
         out = ""
     assert len(lines) == 1 and lines[0].startswith("error: "), err
     assert " %s=" % key in lines[0], lines[0]

@@ -281,26 +281,27 @@ def test_weights_inside_data_url_are_found_by_name(env, obs):
     assert checks(out)["loss.vgg_weights"] == (
         True, "weights/vgg19.ckpt found in data_url %s" % AECRNET_DATA)
     res, _, errors = plan(["--loss.vgg_weights=weights/vgg16.ckpt"], env)
-    assert errors == ["error: loss.vgg_weights: loss.vgg_weights=weights/vgg16.ckpt: file not "
-                      "found (give a local path, a path inside data_url, or an obs:// URL)"]
+    assert errors == ["error: loss.vgg_weights=weights/vgg16.ckpt: file not found (give a local "
+                      "path, a path inside data_url, or an obs:// URL)"]
 
 
-def test_a_bad_value_is_a_failed_check(env):
+def test_a_bad_value_is_a_failed_check_named_by_its_key(env):
     res, out, errors = plan(["--optim.lr=0"], env)
     assert res.returncode == 2
-    assert checks(out)["values"][0] is False
-    assert len(errors) == 1 and errors[0].startswith("error: values: ")
-    assert "optim.lr=0.0 (must be a number > 0; a learning rate)" in errors[0]
+    assert checks(out)["optim.lr"][0] is False and "values" not in checks(out)
+    assert errors == ["error: optim.lr=0.0 (must be a number > 0; a learning rate); fix it in "
+                      "the config file or with --optim.lr=..."]
 
 
 def test_every_failure_is_one_line(env):
-    res, out, errors = plan(["--optim.lr=0", "--data.val.path=nowhere",
+    res, out, errors = plan(["--optim.lr=0", "--data.batch_size=0", "--data.val.path=nowhere",
                              "--loss.vgg_weights=obs://w/none.ckpt"], env)
     assert res.returncode == 2
-    assert [e.split(":", 2)[1].strip() for e in errors] == ["values", "data.val",
-                                                             "loss.vgg_weights"]
-    assert [c["name"] for c in out["checks"] if not c["ok"]] == ["values", "data.val",
-                                                                 "loss.vgg_weights"]
+    names = ["optim.lr", "data.batch_size", "data.val", "loss.vgg_weights"]
+    assert [c["name"] for c in out["checks"] if not c["ok"]] == names
+    assert len(errors) == 4
+    for name, line in zip(names, errors):
+        assert line.startswith("error: %s" % name), line
 
 
 def test_train_runs_the_same_checks_before_staging(env, tmp_path):
