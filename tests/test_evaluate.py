@@ -39,9 +39,14 @@ def test_identity_predict_odd_sizes_metrics_and_grids(tmp_path):
     files = sorted(p.name for p in tmp_path.iterdir())
     assert files == ["one.png", "two.png"]
     grid = read_image(str(tmp_path / "one.png"))
-    assert grid.shape == (13, 3 * 17 + 2 * 4, 3)  # input | output | target
-    np.testing.assert_allclose(grid[:, 17 + 4:2 * 17 + 4], to_hwc(samples[0]["input"]),
+    # input | output | target, enlarged 20x (13 px → 260 ≥ 256) under a caption band.
+    k, gap = 20, 6
+    band = grid.shape[0] - 13 * k
+    assert 20 <= band <= 80 and grid.shape[1:] == (3 * 17 * k + 2 * gap, 3)
+    output = grid[band:, 17 * k + gap:2 * 17 * k + gap]
+    np.testing.assert_allclose(output[::k, ::k], to_hwc(samples[0]["input"]),
                                atol=0.5 / 255 + 1e-6)
+    assert grid[:band].min() < 0.3 and grid[:band].max() == 1.0  # dark text on white
 
 
 def test_perfect_prediction_caps_psnr_and_max_images():
@@ -72,8 +77,11 @@ def test_raw_input_scale_two_shows_reference(tmp_path):
     out = evaluate(upsample, [s], pad_multiple=4, scale=2, samples_dir=str(tmp_path))
     assert out["count"] == 1 and np.isfinite(out["psnr"])
     grid = read_image(str(tmp_path / "raw1.png"))
-    assert grid.shape == (2 * h, 3 * 2 * w + 8, 3)
-    np.testing.assert_allclose(grid[:, :2 * w], to_hwc(s["reference"]), atol=0.5 / 255 + 1e-6)
+    k = 19  # 14 px → 266 ≥ 256
+    band = grid.shape[0] - 2 * h * k
+    assert grid.shape[1:] == (3 * 2 * w * k + 12, 3)
+    np.testing.assert_allclose(grid[band::k, :2 * w * k:k], to_hwc(s["reference"]),
+                               atol=0.5 / 255 + 1e-6)
 
 
 def test_wrong_prediction_shape_is_a_clear_error():

@@ -253,7 +253,8 @@ def load_checkpoint(path: str, cells: Dict[str, object]) -> dict:
     unexpected = [n for n in values if n.startswith(prefixes) and n not in targets
                   and not re.match(r"^[^.]+\.learning_rate", n)]
     _assign(targets, values, path, unexpected)
-    log.info("restored %s from %s (step %s)", ", ".join(cells), path, extra.get("step"))
+    # Callers say it in their words ("resuming from ...", "loaded <URL>"): debug detail here.
+    log.debug("restored %s from %s (step %s)", ", ".join(cells), path, extra.get("step"))
     return extra
 
 
