@@ -47,7 +47,10 @@ MODEL_ROWS = {
                         "net.discriminator.ndf=64",
                         "synth.height=288", "synth.width=288"], False),
 }
-OTHER_ROWS = ("conv", "sync")
+# --task infer on one photo of this size (AECR-Net at the paper's width, ngf 64): images/s
+# after the first (graph compile) and the row process's peak memory with infer.tile tiling.
+INFER_ROWS = {"infer-aecrnet-1024": (1024, 1024, 3), "infer-aecrnet-4000x3000": (3000, 4000, 1)}
+OTHER_ROWS = ("conv", "sync") + tuple(INFER_ROWS)
 SLOW_CONV_MS = 100.0
 
 
@@ -106,6 +109,47 @@ def sync_row() -> dict:
             "note": "up %.0f MB/s, down %.0f MB/s, no-op re-sync %.2f s (%d skipped)"
                     % (total_mb / t_up, total_mb / t_down, t_again, again.skipped),
             "files": up.files}
+
+
+def infer_row(name: str) -> dict:
+    """Restore a photo of INFER_ROWS[name]'s size `repeat` times through the job's infer
+    path (read, pad, tiles, blend, PNG write) and report the last run's rate."""
+    import cv2
+    import numpy as np
+
+    from modelarts.context import apply_context, plan_context
+    from modelarts.environment import detect_environment
+    from src.config import load_config
+    from src.engine.infer import find_inputs, run_infer
+    from src.recipes.base import RecipeContext, get_recipe
+
+    h, w, repeat = INFER_ROWS[name]
+    # Inference builds no loss: cr_weight 0 keeps the contrastive loss's VGG19 out of the
+    # measurement (it is not run by infer).
+    cfg = load_config(os.path.join(REPO, "configs/aecrnet_demo.yaml"),
+                      ["net.ngf=64", "loss.cr_weight=0", "mode=graph"])
+    apply_context(plan_context(detect_environment({}, platform="local", device_target="CPU"),
+                               "graph"))
+    tmp = tempfile.mkdtemp(prefix="bench-infer-")
+    photos = os.path.join(tmp, "photos")
+    os.makedirs(photos)
+    rng = np.random.default_rng(0)
+    cv2.imwrite(os.path.join(photos, "photo.jpg"), (rng.random((h, w, 3)) * 255).astype(np.uint8))
+    recipe = get_recipe("aecrnet")(cfg, RecipeContext(data_dir="", output_dir=tmp))
+    recipe.build()
+    ic = cfg["infer"]
+    tile = int(ic["tile"])
+    times = []
+    for _ in range(repeat):
+        t = time.perf_counter()
+        run_infer(recipe, recipe.predict, find_inputs(photos, recipe.infer_extensions),
+                  os.path.join(tmp, "out"), tile=(tile, tile), overlap=int(ic["overlap"]),
+                  multiple=int(cfg["eval"]["pad_multiple"]), log_every=100)
+        times.append(time.perf_counter() - t)
+    return {"row": name, "setting": "AECR-Net ngf 64, one %dx%d photo, tile %d overlap %d"
+                                    % (w, h, tile, int(ic["overlap"])),
+            "first_step_s": times[0], "step_ms": 1000 * times[-1], "img_s": 1.0 / times[-1],
+            "peak_mb": peak_mb()}
 
 
 def model_row(name: str, steps: int) -> dict:
@@ -202,7 +246,10 @@ def main() -> int:
         return 0
     if args.one:
         row = {"conv": conv_row, "sync": sync_row}.get(args.one)
-        print(json.dumps(row() if row else model_row(args.one, args.steps)))
+        if args.one in INFER_ROWS:
+            print(json.dumps(infer_row(args.one)))
+        else:
+            print(json.dumps(row() if row else model_row(args.one, args.steps)))
         return 0
     header = "| row | setting | first step s | step ms | PyNative ms | img/s | peak MB | loader/core | need | note |"
     print(header)
