@@ -89,7 +89,10 @@ class Launch:
         # As msrun: watch the workers; when one fails, end the others and wait for the
         # scheduler, which leaves on its own once the cluster is gone.
         while any(w.poll() is None for w in workers):
-            if any(w.poll() not in (None, 0) for w in workers):
+            # A failed worker ends the launch; so does a failed scheduler (MindSpore 2.0's
+            # scheduler exits 1 once it has declared workers lost, and they would keep trying
+            # to reconnect to it until the time-out).
+            if any(w.poll() not in (None, 0) for w in workers) or scheduler.poll():
                 for w in workers:
                     _kill_group(w)
                 break

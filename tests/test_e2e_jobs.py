@@ -1,14 +1,13 @@
 """Whole jobs through start.py on tiny synthetic data with OBS mocked to a folder.
 
 These are the runs a user does before paying for Ascend hours: synth → train → eval/export,
-a job killed by SIGTERM, and two data-parallel ranks under msrun.
+a job killed by SIGTERM, and two data-parallel ranks (msrun, or MindSpore's MS_*
+variables where it has no msrun).
 """
 from __future__ import annotations
 
-import contextlib
 import os
 import re
-import shutil
 import signal
 import socket
 import subprocess
@@ -17,6 +16,7 @@ import time
 
 import pytest
 
+from tests import cluster
 from tests.e2e_helpers import REPO, START, TINY_AECRNET, clean_env, read_json, start
 
 pytestmark = pytest.mark.slow
@@ -139,20 +139,16 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def test_msrun_two_ranks_train_in_data_parallel(obs, tmp_path):
-    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable))
-    assert msrun, "msrun comes with MindSpore and must be installed next to python"
-    env = clean_env(str(obs), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-                    JOB_ID="e2e-msrun")
+def test_two_ranks_train_in_data_parallel(obs, tmp_path):
+    """msrun, or where MindSpore has none (< 2.3) the same cluster through its variables."""
+    env = clean_env(str(obs), JOB_ID="e2e-msrun")
     data = synth_aecrnet(obs, env)
-    logs = tmp_path / "msrun_logs"
-    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", "--master_port=%d" % _free_port(),
-           "--log_dir=%s" % logs, "--join=True", START, "--data_url=" + data,
-           "--train_url=obs://bucket/dp", "--cache_dir=%s" % (tmp_path / "cache"),
-           "--train.max_steps=3", "--train.ckpt_every=3", "--train.eval_every=0"] + TINY_AECRNET
-    res = subprocess.run(cmd, env=env, cwd=REPO, capture_output=True, text=True, timeout=900)
-    worker_logs = "".join(p.read_text() for p in sorted(logs.glob("worker_*.log")))
-    assert res.returncode == 0, res.stdout[-2000:] + worker_logs[-4000:]
+    launch = cluster.run([START, "--data_url=" + data, "--train_url=obs://bucket/dp",
+                          "--cache_dir=%s" % (tmp_path / "cache"), "--train.max_steps=3",
+                          "--train.ckpt_every=3", "--train.eval_every=0"] + TINY_AECRNET,
+                         workers=2, port=_free_port(), log_dir=str(tmp_path / "msrun_logs"),
+                         env=env, cwd=REPO, timeout=900)
+    assert launch.returncode == 0, launch.output[-2000:] + launch.logs()[-4000:]
     out = obs / "bucket" / "dp"
     run = read_json(str(out / "run.json"))
     assert run["status"] == "finished"
@@ -178,36 +174,28 @@ def _launch_processes(marker: str) -> list:
     return found
 
 
-def test_msrun_worker_failing_before_init_ends_the_launch_at_once(obs, tmp_path):
+def test_worker_failing_before_init_ends_the_launch_at_once(obs, tmp_path):
     """A wrong data_url: both workers fail while staging, long before communication init.
-    msrun used to return only when its scheduler's 600 s cluster time-out ran out."""
-    msrun = shutil.which("msrun", path=os.path.dirname(sys.executable))
-    assert msrun, "msrun comes with MindSpore and must be installed next to python"
-    env = clean_env(str(obs), PATH=os.path.dirname(sys.executable) + os.pathsep + os.environ["PATH"],
-                    LAUNCH_GUARD_DIR=str(tmp_path / "guard"))
+    The launch used to end only when its scheduler's 600 s cluster time-out ran out."""
+    env = clean_env(str(obs), LAUNCH_GUARD_DIR=str(tmp_path / "guard"))
     logs = tmp_path / "msrun_logs"
-    cmd = [msrun, "--worker_num=2", "--local_worker_num=2", "--master_port=%d" % _free_port(),
-           "--log_dir=%s" % logs, "--join=True", START, "--data_url=obs://bucket/no_such_data",
-           "--train_url=obs://bucket/failed", "--cache_dir=%s" % (tmp_path / "cache")]
     started = time.monotonic()
-    proc = subprocess.Popen(cmd, env=env, cwd=REPO, stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    launch = cluster.launch([START, "--data_url=obs://bucket/no_such_data",
+                             "--train_url=obs://bucket/failed",
+                             "--cache_dir=%s" % (tmp_path / "cache")],
+                            workers=2, port=_free_port(), log_dir=str(logs), env=env, cwd=REPO)
     try:
-        output, _ = proc.communicate(timeout=120)
-    except subprocess.TimeoutExpired:
-        proc.send_signal(signal.SIGINT)   # msrun's handler kills its workers and scheduler
-        try:
-            output, _ = proc.communicate(timeout=10)
-        finally:
-            with contextlib.suppress(ProcessLookupError):
-                os.killpg(proc.pid, signal.SIGKILL)
+        code = launch.wait(timeout=120)
+    except TimeoutError:
+        code = None
     seconds = time.monotonic() - started
-    worker_logs = "".join(p.read_text() for p in sorted(logs.glob("worker_*.log")))
+    output = launch.output
+    worker_logs = launch.logs()
     scheduler_log = (logs / "scheduler.log").read_text()
-    assert seconds < 30, "msrun took %.1f s to give up:\n%s" % (seconds, scheduler_log[-3000:])
-    assert proc.returncode != 0, output[-3000:]
+    assert seconds < 30, "the launch took %.1f s to give up:\n%s" % (seconds, scheduler_log[-3000:])
+    assert code, output[-3000:]
     assert "obs://bucket/no_such_data does not exist" in worker_logs, worker_logs[-3000:]
-    # The scheduler says why it stopped, and msrun repeats it on its console.
+    # The scheduler says why it stopped, and the launcher repeats it on its console.
     assert re.search(r"\[ERROR\] launch_guard: worker rank \d .*obs://bucket/no_such_data",
                      scheduler_log), scheduler_log[-3000:]
     assert "launch_guard" in output
@@ -217,3 +205,46 @@ def test_msrun_worker_failing_before_init_ends_the_launch_at_once(obs, tmp_path)
         time.sleep(0.5)
     assert _launch_processes(str(tmp_path)) == []
     assert list((tmp_path / "guard").glob("*/*")) == []
+
+
+# The other two models, each as small as its config allows: synthetic data, a few steps.
+TINY_SINGAN = [
+    "--config=configs/singan_dehaze_demo.yaml", "--data.train.crop=32", "--data.num_workers=1",
+    "--net.generator.ngf=4", "--net.discriminator.ndf=4", "--loss.nce.num_patches=16",
+    "--loss.nce.mlp_dim=8", "--loss.mmd.num_samples=16", "--synth.num_hazy=3",
+    "--synth.num_clear=2", "--synth.num_test=1", "--synth.height=40", "--synth.width=36",
+    "--synth.photos=false", "--export.height=32", "--export.width=32",
+]
+TINY_LSID = [
+    "--config=configs/lsid_demo.yaml", "--synth.num_scenes=2", "--synth.num_test_scenes=0",
+    "--synth.num_val_scenes=1", "--synth.height=64", "--synth.width=96",
+    "--data.train.crop=32", "--data.num_workers=1", "--preprocess.workers=1",
+    "--eval.max_images=1", "--export.height=32", "--export.width=48",
+]
+
+
+@pytest.mark.parametrize("model", ["singan_dehaze", "lsid"])
+def test_each_model_trains_evaluates_and_exports_through_start_py(obs, tmp_path, model):
+    """What `python start.py` does on ModelArts, for SinGAN-Dehaze and LSID (AECR-Net: the
+    first test): synthetic data, training with a checkpoint, evaluation, a MindIR."""
+    env = clean_env(str(obs))
+    if model == "lsid":
+        tiny, data = TINY_LSID, "obs://bucket/hdf5"
+        steps = [["--task=synth", "--synth.output_url=obs://bucket/raw"],
+                 ["--task=preprocess", "--preprocess.raw_url=obs://bucket/raw",
+                  "--data_url=" + data]]
+    else:
+        tiny, data = TINY_SINGAN, "obs://bucket/data"
+        steps = [["--task=synth", "--data_url=" + data]]
+    for args in steps:
+        res = start(args + tiny, env)
+        assert res.returncode == 0, res.stdout[-2000:] + res.stderr[-2000:]
+    res = start(["--data_url=" + data, "--train_url=obs://bucket/out", "--train.max_steps=2",
+                 "--train.ckpt_every=2", "--train.eval_every=2"] + tiny, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    out = obs / "bucket" / "out"
+    run = read_json(str(out / "run.json"))
+    assert run["status"] == "finished"
+    assert "psnr" in run["metrics"], run["metrics"]
+    assert [p.name for p in (out / "ckpt").glob("step_*.ckpt")] == ["step_00000002.ckpt"]
+    assert (out / "export" / ("%s.mindir" % model)).is_file()
