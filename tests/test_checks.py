@@ -80,7 +80,7 @@ BAD = [
     (LSID, "data.train.crop=100", "data.train.crop"),
     (SINGAN, "data.train.crop=20", "data.train.crop"),
     (AECRNET, "loss.neg_num=5", "loss.neg_num"),          # the demo's batch is 4
-    (AECRNET, "schedule.warmup_steps=200", "schedule.warmup_steps"),  # = max_steps
+    (AECRNET, "schedule.warmup_steps=2000", "schedule.warmup_steps"),  # = max_steps
     (SINGAN, "loss.nce.tau=0", "loss.nce.tau"),
     (AECRNET, "seed=-1", "seed"),
 ]

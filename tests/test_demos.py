@@ -57,7 +57,7 @@ def test_lsid_demo_runs_and_its_loss_falls(tmp_path):
     env = clean_env(str(obs))
     config = "--config=configs/lsid_demo.yaml"
     small = [config, "--synth.num_scenes=3", "--synth.num_val_scenes=1",
-             "--synth.num_test_scenes=1", "--synth.height=64", "--synth.width=96",
+             "--synth.num_test_scenes=1", "--synth.height=128", "--synth.width=128",
              "--train_url=obs://demo/lsid/out"]
     for task in ("synth", "preprocess"):
         res = start(["--task=" + task] + small, env)
