@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from tests.e2e_helpers import TINY_AECRNET, clean_env, start
+from tests.e2e_helpers import TINY_AECRNET, clean_env, read_json, start
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +50,29 @@ def test_short_run_console_and_metric_history(tmp_path):
         ("eval", "4")]
     assert {"loss", "l1", "lr", "images_per_second", "input_psnr"} <= set(rows[0])
     assert (out / "curves.png").stat().st_size > 10000
+
+    # Continued to 6 steps from a fresh cache (as ModelArts restarts): the history is fetched
+    # from train_url and extended, no step listed twice.
+    res = start(["--data_url=obs://b/data", "--train_url=obs://b/out", "--train.max_steps=6",
+                 "--train.eval_every=2", "--train.ckpt_every=2", "--loss.cr_weight=0",
+                 "--train.resume=auto", "--cache_dir=%s" % (tmp_path / "fresh")]
+                + TINY_AECRNET, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    with open(str(out / "metrics.csv"), newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["kind"], int(r["step"])) for r in rows] == [
+        (kind, step) for step in range(1, 7) for kind in ("train", "eval")
+        if kind == "train" or step % 2 == 0]
+
+    # Fine-tuning from this run's best.ckpt, by URL: a new run in its own train_url.
+    res = start(["--data_url=obs://b/data", "--train_url=obs://b/tuned", "--train.max_steps=1",
+                 "--loss.cr_weight=0", "--net_weights=obs://b/out/ckpt/best.ckpt"]
+                + TINY_AECRNET, env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    took = [line for line in _lines(res) if "is a training checkpoint" in line]
+    assert len(took) == 1 and "left out opt.*" in took[0], took
+    run = read_json(str(obs / "b" / "tuned" / "run.json"))
+    assert run["model"]["net_weights"] == "obs://b/out/ckpt/best.ckpt"
 
     # Evaluating the run: no VGG banner (no VGG is built), the same line format.
     res = start(["--task=eval", "--data_url=obs://b/data", "--train_url=obs://b/out",

@@ -13,6 +13,7 @@ uploader never sends half a file."""
 from __future__ import annotations
 
 import csv
+import io
 import logging
 import math
 import os
@@ -61,6 +62,7 @@ class MetricsHistory:
         self.rows: List[Dict[str, object]] = []
         self.terms: List[str] = []
         self._plot_failed = False
+        self._written: Optional[List[str]] = None  # the header of the file as last written
         if os.path.isfile(self.csv_path):
             self._read(int(start_step))
 
@@ -82,6 +84,9 @@ class MetricsHistory:
         log.info("continuing %s%s", self.csv_path, dropped)
 
     def _add(self, row: Dict[str, object]) -> None:
+        if not self.rows or (self.rows[-1].get("step") or 0) < row["step"]:
+            self.rows.append(row)  # a later step: nothing to replace or reorder
+            return
         # One row per (kind, step): an evaluation repeated after an interrupt replaces its row.
         self.rows = [r for r in self.rows
                      if (r.get("kind"), r.get("step")) != (row["kind"], row["step"])]
@@ -97,8 +102,15 @@ class MetricsHistory:
         row = {"kind": "train", "step": int(record["step"]), "epoch": int(epoch),
                "lr": record.get("lr"), "images_per_second": record.get("images_per_second")}
         row.update(terms)
+        appended = (self.rows and self._written == self.columns
+                    and (self.rows[-1].get("step") or 0) < row["step"])
         self._add(row)
-        self.write()
+        if appended:
+            # The common case: one more line (a long run's file is not rewritten every log).
+            with open(self.csv_path, "a", newline="") as f:
+                f.write(self._line(row))
+        else:
+            self.write()
 
     def log_eval(self, step: int, epoch: int, metrics: dict) -> None:
         """An evaluate() result: its metrics and reference_* (the input's) values."""
@@ -114,15 +126,20 @@ class MetricsHistory:
     def columns(self) -> List[str]:
         return list(LEADING) + self.terms + list(TRAILING)
 
+    def _line(self, row: Dict[str, object]) -> str:
+        buf = io.StringIO()
+        csv.writer(buf).writerow([_cell(row.get(c)) for c in self.columns])
+        return buf.getvalue()
+
     def write(self) -> str:
         tmp = os.path.join(os.path.dirname(self.csv_path), ".%s.tmp" % CSV_NAME)
         os.makedirs(os.path.dirname(self.csv_path), exist_ok=True)
+        columns = self.columns
         with open(tmp, "w", newline="") as f:
-            writer = csv.writer(f)
-            writer.writerow(self.columns)
-            for row in self.rows:
-                writer.writerow([_cell(row.get(c)) for c in self.columns])
+            csv.writer(f).writerow(columns)
+            f.write("".join(self._line(row) for row in self.rows))
         os.replace(tmp, self.csv_path)
+        self._written = columns
         return self.csv_path
 
     def series(self, kind: str, column: str) -> Iterable[tuple]:

@@ -191,7 +191,9 @@ def _with_model(task: str, recipe_cls, cfg: dict, env, plan, job) -> int:
                             is_main=is_main, seed=int(cfg["seed"]), task=task)
         recipe = recipe_cls(cfg, ctx)
         recipe.build()
-    job.update_run(model=recipe.describe())
+    # Staged copies (weights given by URL) are recorded by the URL the user gave.
+    job.update_run(model={k: job.describe_path(v) if isinstance(v, str) else v
+                          for k, v in recipe.describe().items()})
     ckpt_dir = os.path.join(job.output_dir, "ckpt")
     manager = CheckpointManager(
         ckpt_dir, keep_last=int(cfg["train"]["keep_last"]), is_writer=is_main,
