@@ -49,7 +49,7 @@ MODEL_ROWS = {
 }
 # --task infer on one photo of this size (AECR-Net at the paper's width, ngf 64): images/s
 # after the first (graph compile) and the row process's peak memory with infer.tile tiling.
-INFER_ROWS = {"infer-aecrnet-1024": (1024, 1024, 3), "infer-aecrnet-4000x3000": (3000, 4000, 1)}
+INFER_ROWS = {"infer-aecrnet-1024": (1024, 1024, 2), "infer-aecrnet-4000x3000": (3000, 4000, 1)}
 OTHER_ROWS = ("conv", "sync") + tuple(INFER_ROWS)
 SLOW_CONV_MS = 100.0
 
