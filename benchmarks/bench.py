@@ -50,6 +50,9 @@ MODEL_ROWS = {
 # --task infer on one photo of this size (AECR-Net at the paper's width, ngf 64): images/s
 # after the first (graph compile) and the row process's peak memory with infer.tile tiling.
 INFER_ROWS = {"infer-aecrnet-1024": (1024, 1024, 2), "infer-aecrnet-4000x3000": (3000, 4000, 1)}
+# Inference builds no loss: cr_weight 0 keeps the contrastive loss's VGG19 out of the
+# measurement (infer never runs it).
+INFER_CONFIG = ("configs/aecrnet_demo.yaml", ["net.ngf=64", "loss.cr_weight=0", "mode=graph"])
 OTHER_ROWS = ("conv", "sync") + tuple(INFER_ROWS)
 SLOW_CONV_MS = 100.0
 
@@ -124,10 +127,7 @@ def infer_row(name: str) -> dict:
     from src.recipes.base import RecipeContext, get_recipe
 
     h, w, repeat = INFER_ROWS[name]
-    # Inference builds no loss: cr_weight 0 keeps the contrastive loss's VGG19 out of the
-    # measurement (it is not run by infer).
-    cfg = load_config(os.path.join(REPO, "configs/aecrnet_demo.yaml"),
-                      ["net.ngf=64", "loss.cr_weight=0", "mode=graph"])
+    cfg = load_config(os.path.join(REPO, INFER_CONFIG[0]), list(INFER_CONFIG[1]))
     apply_context(plan_context(detect_environment({}, platform="local", device_target="CPU"),
                                "graph"))
     tmp = tempfile.mkdtemp(prefix="bench-infer-")
