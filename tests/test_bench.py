@@ -21,6 +21,13 @@ def test_every_model_row_names_valid_config_keys(name):
     assert cfg["model"] == model
 
 
+def test_infer_rows_name_valid_config_keys():
+    config, overrides = bench.INFER_CONFIG
+    cfg = load_config(os.path.join(REPO, config), list(overrides))
+    assert cfg["model"] == "aecrnet" and cfg["net"]["ngf"] == 64 and cfg["infer"]["tile"] > 0
+    assert all(name in bench.OTHER_ROWS for name in bench.INFER_ROWS)
+
+
 def test_conv_row_prints_a_table_row():
     res = subprocess.run([sys.executable, os.path.join(REPO, "benchmarks", "bench.py"),
                           "--rows", "conv"], capture_output=True, text=True, timeout=300,

@@ -398,11 +398,12 @@ def test_the_shipped_common_schema(tmp_path):
                                         "device_target=Ascend", "mode=pynative"])
     assert set(cfg) == {"model", "seed", "data_url", "train_url", "platform", "device_target",
                         "mode", "cache_dir", "output_dir", "rank_table_timeout", "sync", "data",
-                        "train", "eval", "export"}
+                        "train", "eval", "export", "infer"}
     assert set(cfg["train"]) == {"max_steps", "log_every", "eval_every", "ckpt_every",
                                  "keep_last", "resume", "jit", "loss_scale"}
     assert set(cfg["eval"]) >= {"pad_multiple", "num_samples", "max_images"}
-    assert cfg["export"] == {"enabled": True, "height": 256, "width": 256}
+    assert cfg["export"] == {"enabled": True, "height": 256, "width": 256, "dynamic": True}
+    assert cfg["infer"] == {"tile": 512, "overlap": 32, "log_every": 10}
     assert cfg["sync"] == {"threads": 8, "retries": 3, "log_every": 60}
     assert cfg["rank_table_timeout"] == 600 and cfg["train"]["jit"] is True
     assert "expected one of" in error(tmp_path, "model: m\n", ["device_target=ascend"])

@@ -232,3 +232,27 @@ def test_lsid_infer_on_a_dng_matches_predict(tmp_path):
     runs = sorted(glob.glob(str(tmp_path / "run" / "infer" / "*")))
     got = _read_png(os.path.join(runs[-1], "restored", "night_0.1s.png"))
     assert np.abs(got[:, :, ::-1] / 255.0 - want.transpose(1, 2, 0)).max() <= 1.5 / 255 + 1e-4
+
+
+@pytest.mark.slow
+def test_singan_generator_exports_for_any_size(tmp_path):
+    """SinGAN-Dehaze's generator traces with free height and width; the file runs two sizes."""
+    from mindspore import nn
+
+    from src.engine.export import export_mindir
+    from src.engine.infer import MindIRNet
+    from src.nets.resnet_gan import ResnetGenerator
+
+    previous = ms.get_context("mode")
+    ms.set_context(mode=ms.GRAPH_MODE)  # loaded graphs run in graph mode (MindSpore 2.0)
+    try:
+        ms.set_seed(0)
+        g = ResnetGenerator(ngf=4, n_blocks=1)
+        x = np.random.default_rng(0).uniform(-1, 1, (1, 3, 16, 16)).astype(np.float32)
+        path = export_mindir(g, [x], str(tmp_path / "g.mindir"), dynamic=True, multiple=4)
+        graph = MindIRNet(path)
+        assert graph.dynamic and isinstance(g, nn.Cell)
+        y = np.random.default_rng(1).uniform(-1, 1, (1, 3, 20, 28)).astype(np.float32)
+        np.testing.assert_allclose(graph(y), g(ms.Tensor(y)).asnumpy(), atol=1e-4)
+    finally:
+        ms.set_context(mode=previous)

@@ -296,9 +296,15 @@ def infer_recipe(recipe, predict, cfg: dict, job, photos_dir: str, *, checkpoint
                         % (cfg["data_url"], " ".join(recipe.infer_extensions)))
     ic = cfg["infer"]
     tile = fixed or (int(ic["tile"]), int(ic["tile"]))
+    overlap = int(ic["overlap"])
+    if fixed and overlap >= min(fixed) // 2:
+        # Tiles of a small fixed-size MindIR would advance by a few pixels at a time.
+        overlap = min(fixed) // 4
+        log.info("infer.overlap=%d is not below half the MindIR's %d x %d input: overlapping "
+                 "its tiles by %d pixels", int(ic["overlap"]), fixed[0], fixed[1], overlap)
     out_dir = os.path.join(job.output_dir, "restored")
     log.info("infer: %d file(s) from %s into %s", len(inputs), cfg["data_url"], out_dir)
-    summary = run_infer(recipe, predict, inputs, out_dir, tile=tile, overlap=int(ic["overlap"]),
+    summary = run_infer(recipe, predict, inputs, out_dir, tile=tile, overlap=overlap,
                         multiple=int(cfg["eval"]["pad_multiple"]), fixed=fixed is not None,
                         log_every=int(ic["log_every"]), on_written=job.push)
     job.update_run(infer=summary, checkpoint=checkpoint)
