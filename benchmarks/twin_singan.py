@@ -45,7 +45,7 @@ import torch.nn as tnn  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 
 from src.config import load_config  # noqa: E402
-from src.data.images import make_grid, read_image, save_png, to_chw, to_hwc  # noqa: E402
+from src.data.images import make_grid, save_png, to_hwc  # noqa: E402
 from src.data.paired import PairedDehaze  # noqa: E402
 from src.data.unpaired import UnpairedDehaze  # noqa: E402
 from src.metrics import psnr, ssim  # noqa: E402
@@ -55,7 +55,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256)
 VGG_INDEX = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15}
 VGG_DOWNSCALE = {"relu1_2": 1, "relu2_2": 2, "relu3_3": 4}
-TERMS = ("g_gan", "nce", "nce_idt", "perceptual", "mmd", "d_real", "d_fake")
+TERMS = ("g_gan", "nce", "perceptual", "mmd", "d_real", "d_fake")
 
 
 # -- networks (CUT, --normG/--normD instance, --no_antialias(_up), --no_dropout) ----------
@@ -354,12 +354,11 @@ class Twin:
     def g_loss(self, hazy, clear, fake, ids, neg, mmd_ids):
         terms = {}
         terms["g_gan"] = self.w["gan"] * lsgan(self.d(fake), True)
-        terms["nce"] = self.w["nce"] * self.nce_loss(hazy, fake, ids, neg)
-        terms["nce_idt"] = torch.zeros(())
-        w_idt = self.w.get("nce_idt", 0.0)
-        if w_idt > 0:
+        nce = self.nce_loss(hazy, fake, ids, neg)
+        if self.loss["nce"].get("identity"):      # CUT's loss_NCE_both
             idt, _ = self.g(clear)
-            terms["nce_idt"] = w_idt * self.nce_loss(clear, idt, ids, neg)
+            nce = 0.5 * (nce + self.nce_loss(clear, idt, ids, neg))
+        terms["nce"] = self.w["nce"] * nce
         out_f = self.vgg((fake + 1) * 0.5)
         with torch.no_grad():
             hazy_f = self.vgg((hazy + 1) * 0.5)
@@ -480,7 +479,6 @@ class Port:
         out = {"g_gan": g_gan, "nce": nce, "perceptual": per, "mmd": mmd, "d_real": d_real,
                "d_fake": d_fake}
         out = {k: float(v.asnumpy()) for k, v in out.items()}
-        out["nce_idt"] = float(getattr(r, "last_nce_idt", 0.0))
         return out
 
     def predict(self, x):
