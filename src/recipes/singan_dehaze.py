@@ -5,7 +5,9 @@ from unpaired clear photos. Instead of CycleGAN's second GAN and cycle loss, G i
 input by
   * PatchNCE (local content): G's own encoder features of output and input at layers
     0/4/8/12/16, 256 shared random positions per layer, an MLP head, InfoNCE with τ 0.07 and
-    negatives' logits scaled by (1 + U(−0.3, 0.3));
+    negatives' logits scaled by (1 + U(−0.3, 0.3)); with `loss.nce.identity` also CUT's
+    identity term (`--nce_idt`): the same loss between G(clear) and the clear image, the two
+    averaged, which keeps G from changing what needs no change;
   * a perceptual loss (global content) between the hazy input and the output on frozen VGG16
     relu1_2 / relu2_2 / relu3_3;
 and pushed towards clear-image statistics by
@@ -114,6 +116,8 @@ def check_model(checks) -> None:
         c.number("loss.nce.tau", gt=0)
         c.number("loss.nce.perturb", ge=0, lt=1, note="0 = plain CUT negatives")
         c.number("loss.nce.mlp_dim", ge=1, integer=True)
+        c.require("loss.nce.identity", isinstance(c.get("loss.nce.identity"), bool),
+                  "true or false")
         per_layers = c.get("loss.perceptual.layers")
         if c.require("loss.perceptual.layers",
                      isinstance(per_layers, list) and bool(per_layers)
@@ -180,7 +184,7 @@ def _build_objectives():
         g_total). Images in [−1, 1]."""
 
         def __init__(self, g, d, head, vgg, gan, nce, perceptual, mmd, nce_layers,
-                     n_perceptual, mmd_index, weights):
+                     n_perceptual, mmd_index, weights, identity=False):
             super().__init__(auto_prefix=False)   # keep the nets' own parameter names
             self.g, self.d, self.head, self.vgg = g, d, head, vgg
             self.gan, self.nce, self.perceptual, self.mmd = gan, nce, perceptual, mmd
@@ -191,6 +195,7 @@ def _build_objectives():
             self.w_nce = float(weights["nce"])
             self.w_perceptual = float(weights["perceptual"])
             self.w_mmd = float(weights["mmd"])
+            self.identity = bool(identity)
 
         def construct(self, hazy, clear, patch_ids, neg_scale, mmd_ids):
             zero = ops.zeros((), hazy.dtype)
@@ -203,8 +208,16 @@ def _build_objectives():
             nce = zero
             if self.w_nce > 0:
                 feats_q = self.g.encode_layers(fake, self.nce_layers)
-                nce = self.w_nce * self.nce(self.head(feats_q, patch_ids),
-                                            self.head(feats_k, patch_ids), neg_scale)
+                nce = self.nce(self.head(feats_q, patch_ids), self.head(feats_k, patch_ids),
+                               neg_scale)
+                if self.identity:
+                    # CUT's loss_NCE_both: ½(NCE(hazy, G(hazy)) + NCE(clear, G(clear))), at the
+                    # same positions.
+                    idt, feats_ck = self.g.forward_features(clear, self.nce_layers)
+                    feats_iq = self.g.encode_layers(idt, self.nce_layers)
+                    nce = 0.5 * (nce + self.nce(self.head(feats_iq, patch_ids),
+                                                self.head(feats_ck, patch_ids), neg_scale))
+                nce = self.w_nce * nce
             perceptual = zero
             mmd = zero
             if self.w_perceptual > 0 or self.w_mmd > 0:
@@ -309,7 +322,8 @@ class SinGANDehazeRecipe(Recipe):
             self.g, self.d, self.head, self.vgg, gan, PatchNCELoss(float(loss["nce"]["tau"])),
             PerceptualLoss(per["weights"], per["criterion"]),
             MMDLoss(float(mmd["kernel_mul"]), int(mmd["kernel_num"]), float(mmd["blur_sigma"])),
-            self.nce_layers, len(per["layers"]), self.mmd_index, loss["weights"])
+            self.nce_layers, len(per["layers"]), self.mmd_index, loss["weights"],
+            identity=bool(loss["nce"]["identity"]))
         self.d_objective = DiscriminatorObjective(self.d, gan)
         train = cfg["train"]
         common = dict(distributed=self.ctx.distributed, loss_scale=train["loss_scale"],
