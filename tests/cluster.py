@@ -20,13 +20,26 @@ import sys
 import time
 from typing import Dict, List, Optional, Sequence
 
+import pytest
+
 HOST = "127.0.0.1"
-POLL_S = 0.2
 
 
 def msrun_path() -> Optional[str]:
     """The msrun installed next to this interpreter (MindSpore >= 2.3), or None."""
     return shutil.which("msrun", path=os.path.dirname(sys.executable))
+
+
+#: For the tests that need a working cluster. Started through the MS_* variables on MindSpore
+#: 2.0, a worker sometimes stalls in init() right after registering, sends no heartbeat for
+#: 30 s and the scheduler drops it ("The node: 0 is timed out"): seen here in about half the
+#: launches on a loaded 2-core machine, never with msrun on 2.8; the cause is not known. Not
+#: strict: such a test runs every time and reports XPASS when the cluster formed.
+STALLS_ON_MINDSPORE_2_0 = pytest.mark.xfail(
+    msrun_path() is None, strict=False,
+    reason="MindSpore 2.0 dynamic cluster: a worker can stall in init() after registering "
+           "and be dropped as timed out (cause unknown; README, What is tested where)")
+POLL_S = 0.2
 
 
 def launcher_name() -> str:

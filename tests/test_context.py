@@ -10,6 +10,8 @@ import textwrap
 
 import pytest
 
+from tests import cluster
+
 from modelarts.context import ContextPlan, plan_context
 from modelarts.environment import JobEnvironment, detect_environment
 from src.errors import UserError
@@ -137,11 +139,10 @@ def _free_port():
 
 
 @pytest.mark.slow
+@cluster.STALLS_ON_MINDSPORE_2_0
 def test_apply_context_in_a_two_worker_cluster_with_its_scheduler(tmp_path):
     """Two CPU workers and the scheduler, started by msrun or (MindSpore < 2.3) by the
     environment variables msrun sets."""
-    from tests import cluster
-
     script = tmp_path / "probe.py"
     script.write_text(PROBE)
     logs = tmp_path / "logs"

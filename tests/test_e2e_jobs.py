@@ -139,6 +139,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@cluster.STALLS_ON_MINDSPORE_2_0
 def test_two_ranks_train_in_data_parallel(obs, tmp_path):
     """msrun, or where MindSpore has none (< 2.3) the same cluster through its variables."""
     env = clean_env(str(obs), JOB_ID="e2e-msrun")
