@@ -413,7 +413,8 @@ def export_recipe(recipe, cfg: dict, output_dir: str) -> str:
     dynamic = bool(cfg["export"].get("dynamic", True)) and recipe.dynamic_export
     export_mindir(cell, examples, path, check=True, dynamic=dynamic,
                   multiple=int(cfg["eval"]["pad_multiple"]))
-    log.info("exported %s (round trip checked) in %.1f s", path, time.time() - started)
+    log.info("exported %s%s (round trip checked) in %.1f s", path,
+             " (any height and width)" if dynamic else "", time.time() - started)
     return path
 
 
