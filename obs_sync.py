@@ -319,6 +319,10 @@ class MockBackend(RemoteBackend):
     def _path(self, loc: Location) -> str:
         return os.path.join(self.root, loc.bucket, *[p for p in loc.key.split("/") if p])
 
+    def local_path(self, url: str) -> str:
+        """The file that stands for ``url`` in the mock (to open it, e.g. a sample grid)."""
+        return self._path(parse_location(url))
+
     def stat(self, loc):
         if not loc.key or loc.key.endswith("/"):
             return None

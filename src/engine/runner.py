@@ -309,6 +309,8 @@ def infer_recipe(recipe, predict, cfg: dict, job, photos_dir: str, *, checkpoint
                         log_every=int(ic["log_every"]), on_written=job.push)
     job.update_run(infer=summary, checkpoint=checkpoint)
     return 1 if summary["failed"] else 0
+
+
 #: (metric, label, format, which way is better) for the end-of-training summary.
 OUTCOME_METRICS = (("psnr", "PSNR", "%.2f dB", "higher"), ("ssim", "SSIM", "%.3f", "higher"),
                    ("ciede2000", "CIEDE2000", "%.2f", "lower"))
@@ -332,6 +334,8 @@ def outcome_line(metrics: dict) -> str:
 def report_outcome(metrics: dict, train_url: str, output_dir: str) -> None:
     """The end of a training run in two lines: what it bought on the validation set (input →
     output) and where its sample grids are, as the user can open them."""
+    import obs_sync
+
     line = outcome_line(metrics)
     if not line:
         return
@@ -343,12 +347,12 @@ def report_outcome(metrics: dict, train_url: str, output_dir: str) -> None:
     if not names:
         return
     where = os.path.join(folder, names[0])
-    mock_root = os.environ.get("OBS_MOCK_ROOT", "")
-    if train_url and "://" in train_url:
-        url = train_url.rstrip("/") + "/samples/" + names[0]
+    if train_url and obs_sync.is_remote(train_url):
+        where = train_url.rstrip("/") + "/samples/" + names[0]
         # With the filesystem mock the grid is a local file: name that too, to open it.
-        where = url + (" (%s)" % os.path.join(mock_root, url.split("://", 1)[1])
-                       if mock_root else "")
+        backend = obs_sync.select_backend()
+        if isinstance(backend, obs_sync.MockBackend):
+            where += " (%s)" % backend.local_path(where)
     log.info("sample grid (input | output | target): %s%s", where,
              " and %d more beside it" % (len(names) - 1) if len(names) > 1 else "")
 
