@@ -303,19 +303,23 @@ def center_crop(img: np.ndarray, h: int, w: int, *, chw: bool = False) -> np.nda
     return np.ascontiguousarray(img[..., ys, xs] if chw else img[ys, xs])
 
 
+def pad_to(chw: np.ndarray, h: int, w: int, mode: str = "reflect") -> np.ndarray:
+    """Pad the last two axes (bottom/right) up to h × w. Works for CHW and NCHW."""
+    ph, pw = h - chw.shape[-2], w - chw.shape[-1]
+    if ph == 0 and pw == 0:
+        return chw
+    # Reflect cannot pad more than size-1; tiny images fall back to edge replication.
+    if mode == "reflect" and (ph >= chw.shape[-2] or pw >= chw.shape[-1]):
+        mode = "edge"
+    return np.pad(chw, [(0, 0)] * (chw.ndim - 2) + [(0, ph), (0, pw)], mode=mode)
+
+
 def pad_to_multiple(chw: np.ndarray, m: int, mode: str = "reflect"
                     ) -> Tuple[np.ndarray, Tuple[int, int]]:
     """Pad the last two axes (bottom/right) up to a multiple of m. Returns (padded, (h, w)) with
     the original size, so the caller crops the prediction back. Works for CHW and NCHW."""
     h, w = chw.shape[-2], chw.shape[-1]
-    ph, pw = (-h) % m, (-w) % m
-    if ph == 0 and pw == 0:
-        return chw, (h, w)
-    # Reflect cannot pad more than size-1; tiny images fall back to edge replication.
-    if mode == "reflect" and (ph >= h or pw >= w):
-        mode = "edge"
-    pad = [(0, 0)] * (chw.ndim - 2) + [(0, ph), (0, pw)]
-    return np.pad(chw, pad, mode=mode), (h, w)
+    return pad_to(chw, h + (-h) % m, w + (-w) % m, mode), (h, w)
 
 
 def make_grid(images: Sequence[np.ndarray], *, gap: int = 4, value: float = 1.0) -> np.ndarray:

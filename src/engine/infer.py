@@ -18,11 +18,10 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from src.data.images import pad_to
 from src.errors import UserError
 
 log = logging.getLogger(__name__)
-
-IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
 
 Predict = Callable[[np.ndarray], np.ndarray]
 
@@ -60,16 +59,6 @@ def output_names(rels: Sequence[str]) -> Dict[str, str]:
 
 
 # --------------------------------------------------------------------------- tiling
-
-def _pad(chw: np.ndarray, h: int, w: int) -> np.ndarray:
-    """Pad the last two axes (bottom/right) to h × w: reflect, or edge where the image is too
-    small to reflect that far."""
-    ph, pw = h - chw.shape[-2], w - chw.shape[-1]
-    if ph == 0 and pw == 0:
-        return chw
-    mode = "reflect" if ph < chw.shape[-2] and pw < chw.shape[-1] else "edge"
-    return np.pad(chw, [(0, 0)] * (chw.ndim - 2) + [(0, ph), (0, pw)], mode=mode)
-
 
 def tile_starts(length: int, tile: int, overlap: int) -> List[int]:
     """Offsets of tiles of `tile` covering `length`, consecutive ones sharing at least
@@ -111,7 +100,7 @@ def restore(predict: Predict, x: np.ndarray, *, multiple: int, tile: Tuple[int, 
         th, tw = ph, pw          # one pass over the whole (padded) input
     else:
         th, tw = min(th, ph), min(tw, pw)
-    xp = _pad(np.asarray(x, np.float32), ph, pw)
+    xp = pad_to(np.asarray(x, np.float32), ph, pw)
     s = int(scale)
     rows, cols = tile_starts(ph, th, overlap), tile_starts(pw, tw, overlap)
     if len(rows) == 1 and len(cols) == 1:

@@ -13,6 +13,7 @@ from typing import Dict, Iterable, List, Tuple
 
 import numpy as np
 
+from src.data.paired import IMAGE_EXTENSIONS
 from src.errors import UserError, did_you_mean
 from src.registry import Registry
 
@@ -121,7 +122,7 @@ class Recipe(abc.ABC):
     # -- --task infer: what a file means to this model ----------------------------------------
 
     #: Files --task infer restores (compared case-insensitively).
-    infer_extensions: Tuple[str, ...] = (".png", ".jpg", ".jpeg", ".bmp", ".tif", ".tiff")
+    infer_extensions: Tuple[str, ...] = IMAGE_EXTENSIONS
     #: Whether the exported MindIR takes any height/width (else: export.height × width).
     dynamic_export = True
 
