@@ -166,9 +166,11 @@ def test_graph_gan_step_updates_only_its_own_networks_and_logs_every_term(data_d
     assert tuple(terms) == TERMS
     values = {k: float(v.asnumpy()) for k, v in terms.items()}
     assert all(np.isfinite(v) for v in values.values()), values
-    assert all(values[k] > 0 for k in ("g_gan", "nce", "perceptual", "mmd", "d_real")), values
+    assert all(values[k] > 0 for k in ("g_gan", "nce", "identity", "perceptual", "mmd",
+                                       "d_real")), values
     assert values["g_total"] == pytest.approx(
-        values["g_gan"] + values["nce"] + values["perceptual"] + values["mmd"], rel=1e-5)
+        values["g_gan"] + values["nce"] + values["identity"] + values["perceptual"]
+        + values["mmd"], rel=1e-5)
     assert values["d_total"] == pytest.approx(0.5 * (values["d_real"] + values["d_fake"]),
                                               rel=1e-5)
 

@@ -10,11 +10,16 @@ input by
     averaged, which keeps G from changing what needs no change;
   * a perceptual loss (global content) between the hazy input and the output on frozen VGG16
     relu1_2 / relu2_2 / relu3_3;
+  * optionally (`loss.weights.identity`, 0 in the paper's configs) CycleGAN's identity loss
+    mean|G(clear) − clear|: PatchNCE cannot see a colour remap (any one-to-one colour map keeps
+    every patch its own best match), so without ImageNet VGG features only the GAN sets
+    colours, and on a small clear set it sets them from other photos;
 and pushed towards clear-image statistics by
   * LSGAN against D, and
   * MMD (style) between high-frequency VGG features (f − blur(f)) of the output and of the
     unpaired clear image of the same sample.
-G loss = w_gan·GAN + w_nce·NCE + w_perceptual·perceptual + w_mmd·MMD; D loss = ½(real + fake).
+G loss = w_gan·GAN + w_nce·NCE + w_identity·identity + w_perceptual·perceptual + w_mmd·MMD;
+D loss = ½(real + fake).
 
 Which features feed MMD is not pinned down by the paper's text ("high-frequency features").
 This port uses the frozen VGG16 (`loss.mmd.layer`, relu1_2 by default): its features mean the
@@ -52,7 +57,8 @@ VGG_ARCH = "vgg16"
 VGG_LAYERS = ("relu1_2", "relu2_2", "relu3_3")
 # VGG16 max-pools before blocks 2 and 3: relu<b>_* is at 1 / 2^(b-1) resolution.
 VGG_DOWNSCALE = {"relu1_2": 1, "relu2_2": 2, "relu3_3": 4}
-TERMS = ("g_total", "g_gan", "nce", "perceptual", "mmd", "d_total", "d_real", "d_fake")
+TERMS = ("g_total", "g_gan", "nce", "identity", "perceptual", "mmd", "d_total", "d_real",
+         "d_fake")
 
 
 def to_net(x: np.ndarray) -> np.ndarray:
@@ -105,7 +111,7 @@ def check_model(checks) -> None:
     c = checks
     why = "the generator downsamples twice"
     if c.for_tasks("train", "eval", "export", "infer"):
-        for name in ("gan", "nce", "perceptual", "mmd"):
+        for name in ("gan", "nce", "perceptual", "mmd", "identity"):
             c.number("loss.weights.%s" % name, ge=0, note="0 turns the term off")
         layers = c.get("loss.nce.layers")
         c.require("loss.nce.layers",
@@ -180,8 +186,8 @@ def _build_objectives():
 
     class GeneratorObjective(nn.Cell):
         """construct(hazy, clear, patch_ids, neg_scale, mmd_ids) →
-        (g_total, g_gan, nce, perceptual, mmd, fake); the terms are weighted (they sum to
-        g_total). Images in [−1, 1]."""
+        (g_total, g_gan, nce, identity, perceptual, mmd, fake); the terms are weighted (they
+        sum to g_total). Images in [−1, 1]."""
 
         def __init__(self, g, d, head, vgg, gan, nce, perceptual, mmd, nce_layers,
                      n_perceptual, mmd_index, weights, identity=False):
@@ -195,6 +201,7 @@ def _build_objectives():
             self.w_nce = float(weights["nce"])
             self.w_perceptual = float(weights["perceptual"])
             self.w_mmd = float(weights["mmd"])
+            self.w_identity = float(weights.get("identity", 0.0))
             self.identity = bool(identity)
 
         def construct(self, hazy, clear, patch_ids, neg_scale, mmd_ids):
@@ -206,18 +213,28 @@ def _build_objectives():
             if self.w_gan > 0:
                 g_gan = self.w_gan * self.gan(self.d(fake), True)
             nce = zero
+            nce_identity = self.w_nce > 0 and self.identity
+            # G(clear) feeds both identity terms; unused placeholders when neither is on (graph
+            # mode wants one type per variable).
+            idt, feats_ck = fake, feats_k
+            if nce_identity or self.w_identity > 0:
+                idt, feats_ck = self.g.forward_features(clear, self.nce_layers)
             if self.w_nce > 0:
                 feats_q = self.g.encode_layers(fake, self.nce_layers)
                 nce = self.nce(self.head(feats_q, patch_ids), self.head(feats_k, patch_ids),
                                neg_scale)
-                if self.identity:
+                if nce_identity:
                     # CUT's loss_NCE_both: ½(NCE(hazy, G(hazy)) + NCE(clear, G(clear))), at the
                     # same positions.
-                    idt, feats_ck = self.g.forward_features(clear, self.nce_layers)
                     feats_iq = self.g.encode_layers(idt, self.nce_layers)
                     nce = 0.5 * (nce + self.nce(self.head(feats_iq, patch_ids),
                                                 self.head(feats_ck, patch_ids), neg_scale))
                 nce = self.w_nce * nce
+            identity = zero
+            if self.w_identity > 0:
+                # CycleGAN's identity loss: a clear image needs no change. It pins colours and
+                # brightness, which PatchNCE (blind to a colour remap) leaves to the GAN.
+                identity = self.w_identity * ops.mean(ops.abs(idt - clear))
             perceptual = zero
             mmd = zero
             if self.w_perceptual > 0 or self.w_mmd > 0:
@@ -235,8 +252,8 @@ def _build_objectives():
                     clear_feat = ref_feats[self.mmd_index][b:]
                     mmd = self.w_mmd * self.mmd(out_feats[self.mmd_index], clear_feat,
                                                 mmd_ids[0], mmd_ids[1])
-            total = g_gan + nce + perceptual + mmd
-            return total, g_gan, nce, perceptual, mmd, fake
+            total = g_gan + nce + identity + perceptual + mmd
+            return total, g_gan, nce, identity, perceptual, mmd, fake
 
     class DiscriminatorObjective(nn.Cell):
         """construct(clear, fake) → (d_total, d_real, d_fake), d_total = ½(real + fake)."""
@@ -371,11 +388,12 @@ class SinGANDehazeRecipe(Recipe):
         hazy, clear = to_net(batch["hazy"]), to_net(batch["clear"])
         b, _, h, w = hazy.shape
         patch_ids, neg_scale, mmd_ids = self.random_draws(self._rng(), b, h, w)
-        g_total, g_gan, nce, perceptual, mmd, fake = self.step_g(hazy, clear, patch_ids,
-                                                                 neg_scale, mmd_ids)
+        g_total, g_gan, nce, identity, perceptual, mmd, fake = self.step_g(
+            hazy, clear, patch_ids, neg_scale, mmd_ids)
         d_total, d_real, d_fake = self.step_d(clear, fake)
-        return {"g_total": g_total, "g_gan": g_gan, "nce": nce, "perceptual": perceptual,
-                "mmd": mmd, "d_total": d_total, "d_real": d_real, "d_fake": d_fake}
+        return {"g_total": g_total, "g_gan": g_gan, "nce": nce, "identity": identity,
+                "perceptual": perceptual, "mmd": mmd, "d_total": d_total, "d_real": d_real,
+                "d_fake": d_fake}
 
     # -- inference, checkpoints, export ----------------------------------------------------
 
