@@ -55,7 +55,7 @@ IMAGENET_STD = (0.229, 0.224, 0.225)
 VGG16 = (64, 64, "M", 128, 128, "M", 256, 256, 256)
 VGG_INDEX = {"relu1_2": 3, "relu2_2": 8, "relu3_3": 15}
 VGG_DOWNSCALE = {"relu1_2": 1, "relu2_2": 2, "relu3_3": 4}
-TERMS = ("g_gan", "nce", "perceptual", "mmd", "d_real", "d_fake")
+TERMS = ("g_gan", "nce", "identity", "perceptual", "mmd", "d_real", "d_fake")
 
 
 # -- networks (CUT, --normG/--normD instance, --no_antialias(_up), --no_dropout) ----------
@@ -355,10 +355,15 @@ class Twin:
         terms = {}
         terms["g_gan"] = self.w["gan"] * lsgan(self.d(fake), True)
         nce = self.nce_loss(hazy, fake, ids, neg)
+        idt = None
         if self.loss["nce"].get("identity"):      # CUT's loss_NCE_both
             idt, _ = self.g(clear)
             nce = 0.5 * (nce + self.nce_loss(clear, idt, ids, neg))
         terms["nce"] = self.w["nce"] * nce
+        if self.w.get("identity", 0.0) > 0:       # CycleGAN's identity: |G(clear) - clear|
+            if idt is None:
+                idt, _ = self.g(clear)
+            terms["identity"] = self.w["identity"] * (idt - clear).abs().mean()
         out_f = self.vgg((fake + 1) * 0.5)
         with torch.no_grad():
             hazy_f = self.vgg((hazy + 1) * 0.5)
@@ -474,10 +479,10 @@ class Port:
     def train_step(self, batch, ids, neg, mmd_ids):
         r = self.recipe
         hazy, clear = to_net(batch["hazy"]), to_net(batch["clear"])
-        g_total, g_gan, nce, per, mmd, fake = r.step_g(hazy, clear, ids, neg, mmd_ids)
+        g_total, g_gan, nce, idt, per, mmd, fake = r.step_g(hazy, clear, ids, neg, mmd_ids)
         d_total, d_real, d_fake = r.step_d(clear, fake)
-        out = {"g_gan": g_gan, "nce": nce, "perceptual": per, "mmd": mmd, "d_real": d_real,
-               "d_fake": d_fake}
+        out = {"g_gan": g_gan, "nce": nce, "identity": idt, "perceptual": per, "mmd": mmd,
+               "d_real": d_real, "d_fake": d_fake}
         out = {k: float(v.asnumpy()) for k, v in out.items()}
         return out
 
@@ -523,6 +528,7 @@ def main(argv=None):
     ap.add_argument("--side", choices=("twin", "port", "both"), default="both")
     ap.add_argument("--order", choices=("d_first", "g_first"), default="d_first")
     ap.add_argument("--same-init", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: every core)")
     ap.add_argument("overrides", nargs="*", help="config overrides key=value")
     args = ap.parse_args(argv)
 
@@ -533,7 +539,7 @@ def main(argv=None):
     steps = int(cfg["train"]["max_steps"])
     probes = sorted({int(p) for p in args.probe.split(",") if int(p) <= steps})
     os.makedirs(args.out, exist_ok=True)
-    torch.set_num_threads(max(1, (os.cpu_count() or 1)))
+    torch.set_num_threads(args.threads or max(1, (os.cpu_count() or 1)))
     stream = Stream(cfg, args.data)
     hazy_t, clear_t = test_set(cfg, args.data)
 
@@ -549,6 +555,8 @@ def main(argv=None):
     probe_ids, _, _ = stream.draws(10 ** 6, first.feature_sizes(*hazy_t.shape[2:]))
 
     hp, hs = scores(hazy_t, clear_t)
+    print("hazy input: PSNR %.2f SSIM %.3f (%s)" % (hp, hs, "/".join(
+        "%.3f" % ssim(to_hwc(h), to_hwc(c)) for h, c in zip(hazy_t, clear_t))), flush=True)
     rows = []
     sums = {name: {k: 0.0 for k in TERMS} for name in sides}
     count, times = 0, {name: 0.0 for name in sides}
@@ -561,10 +569,12 @@ def main(argv=None):
                 p, s = scores(preds[name], clear_t)
                 mean = {k: v / max(count, 1) for k, v in sums[name].items()}
                 rows.append((step, name, mean, acc, p, s, times[name] / max(count, 1)))
-                print("step %4d %-4s %s | nce_acc %s | psnr %.2f ssim %.3f | %.2f s/step" % (
-                    step, name, " ".join("%s %.4g" % kv for kv in mean.items()),
-                    "/".join("%.2f" % a for a in acc), p, s, times[name] / max(count, 1)),
-                    flush=True)
+                each = "/".join("%.3f" % ssim(to_hwc(y), to_hwc(c))
+                                for y, c in zip(preds[name], clear_t))
+                print("step %4d %-4s %s | nce_acc %s | psnr %.2f ssim %.3f (%s) | %.2f s/step"
+                      % (step, name, " ".join("%s %.4g" % kv for kv in mean.items()),
+                         "/".join("%.2f" % a for a in acc), p, s, each,
+                         times[name] / max(count, 1)), flush=True)
                 sums[name] = {k: 0.0 for k in TERMS}
                 times[name] = 0.0
             count = 0
