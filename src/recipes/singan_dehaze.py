@@ -201,7 +201,7 @@ def _build_objectives():
             self.w_nce = float(weights["nce"])
             self.w_perceptual = float(weights["perceptual"])
             self.w_mmd = float(weights["mmd"])
-            self.w_identity = float(weights.get("identity", 0.0))
+            self.w_identity = float(weights["identity"])
             self.identity = bool(identity)
 
         def construct(self, hazy, clear, patch_ids, neg_scale, mmd_ids):
