@@ -513,9 +513,10 @@ def test_set(cfg, data_dir):
 
 
 def scores(pred, clear):
+    """(mean PSNR, mean SSIM, SSIM per image)."""
     pairs = [(to_hwc(p), to_hwc(c)) for p, c in zip(pred, clear)]
-    return (float(np.mean([psnr(p, c) for p, c in pairs])),
-            float(np.mean([ssim(p, c) for p, c in pairs])))
+    each = [ssim(p, c) for p, c in pairs]
+    return float(np.mean([psnr(p, c) for p, c in pairs])), float(np.mean(each)), each
 
 
 def main(argv=None):
@@ -554,9 +555,9 @@ def main(argv=None):
     sizes = first.feature_sizes(crop, crop)
     probe_ids, _, _ = stream.draws(10 ** 6, first.feature_sizes(*hazy_t.shape[2:]))
 
-    hp, hs = scores(hazy_t, clear_t)
-    print("hazy input: PSNR %.2f SSIM %.3f (%s)" % (hp, hs, "/".join(
-        "%.3f" % ssim(to_hwc(h), to_hwc(c)) for h, c in zip(hazy_t, clear_t))), flush=True)
+    hp, hs, h_each = scores(hazy_t, clear_t)
+    print("hazy input: PSNR %.2f SSIM %.3f (%s)" % (hp, hs, "/".join("%.3f" % v for v in h_each)),
+          flush=True)
     rows = []
     sums = {name: {k: 0.0 for k in TERMS} for name in sides}
     count, times = 0, {name: 0.0 for name in sides}
@@ -566,14 +567,12 @@ def main(argv=None):
             for name, side in sides.items():
                 preds[name] = side.predict(hazy_t)
                 acc = side.probe_nce(hazy_t, probe_ids)
-                p, s = scores(preds[name], clear_t)
+                p, s, each = scores(preds[name], clear_t)
                 mean = {k: v / max(count, 1) for k, v in sums[name].items()}
                 rows.append((step, name, mean, acc, p, s, times[name] / max(count, 1)))
-                each = "/".join("%.3f" % ssim(to_hwc(y), to_hwc(c))
-                                for y, c in zip(preds[name], clear_t))
                 print("step %4d %-4s %s | nce_acc %s | psnr %.2f ssim %.3f (%s) | %.2f s/step"
                       % (step, name, " ".join("%s %.4g" % kv for kv in mean.items()),
-                         "/".join("%.2f" % a for a in acc), p, s, each,
+                         "/".join("%.2f" % a for a in acc), p, s, "/".join("%.3f" % v for v in each),
                          times[name] / max(count, 1)), flush=True)
                 sums[name] = {k: 0.0 for k in TERMS}
                 times[name] = 0.0
