@@ -20,7 +20,7 @@ pytestmark = pytest.mark.usefixtures("pynative_mode")
 @pytest.mark.slow
 def test_demo_config_trains_and_its_content_loss_falls(tmp_path):
     cfg = load_config("configs/singan_dehaze_demo.yaml", [
-        "train.max_steps=%d" % STEPS, "train.jit=false", "data.num_workers=0",
+        "train.max_steps=%d" % STEPS, "data.num_workers=0",
         "synth.num_hazy=4", "synth.num_clear=4", "synth.num_test=1"])
     assert cfg["loss"]["nce"]["identity"] is True      # the demo's content levers are on
     assert cfg["loss"]["weights"]["identity"] > 0
