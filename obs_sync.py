@@ -936,17 +936,24 @@ def _transfer(item: _Plan, backend: Optional[RemoteBackend]) -> int:
     src, dst, expected = item.src, item.dst, item.entry.size
     if not dst.remote:
         def write(tmp: str) -> None:
+            mtime = item.entry.mtime
             if src.remote:
                 backend.download(src, tmp)
                 got = os.path.getsize(tmp)
                 if expected is not None and got != expected:
-                    raise TransientError("short download, %d of %d bytes" % (got, expected))
+                    # Another writer may have replaced the object since it was listed (a rank
+                    # reading run.json while rank 0 rewrites it): a whole newer version has
+                    # the size the store gives now. Anything else is a cut-off answer.
+                    now = backend.stat(src)
+                    if now is None or now.size != got:
+                        raise TransientError("short download, %d of %d bytes" % (got, expected))
+                    mtime = now.mtime
             else:
                 shutil.copyfile(src.path, tmp)
-            if item.entry.mtime is not None:
+            if mtime is not None:
                 # The copy carries the source's time (like rsync -t), so syncing it back the
                 # other way sees it as unchanged rather than newer.
-                os.utime(tmp, (item.entry.mtime, item.entry.mtime))
+                os.utime(tmp, (mtime, mtime))
 
         atomic_local_write(dst.path, write)
         return os.path.getsize(dst.path)

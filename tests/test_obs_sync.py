@@ -12,7 +12,7 @@ import types
 import pytest
 
 import obs_sync
-from obs_sync import Entry, MockBackend, StorageError, TransferError, sync
+from obs_sync import Entry, MockBackend, StorageError, TransferError, atomic_local_write, sync
 from src.errors import UserError
 
 
@@ -207,6 +207,44 @@ def test_retries_exhausted(tmp_path, mock_obs, no_sleep):
     with pytest.raises(TransferError, match=r"obs://bkt/f/x.bin.*failed after 3 attempts.*503"):
         sync("obs://bkt/f/x.bin", str(tmp_path / "x.bin"), retries=2, backend=flaky)
     assert flaky.calls == 3 and len(no_sleep) == 2
+
+
+class ReplacedAfterListing(MockBackend):
+    """Another writer (rank 0 rewriting run.json) replaces the object after it was listed."""
+
+    def __init__(self, root, new_data):
+        super().__init__(root)
+        self.new_data, self.downloads = new_data, 0
+
+    def download(self, loc, path):
+        self.downloads += 1
+        if self.downloads == 1:
+            atomic_local_write(self._path(loc), lambda tmp: open(tmp, "wb").write(self.new_data))
+        super().download(loc, path)
+
+
+def test_an_object_replaced_after_listing_is_taken_whole(tmp_path, mock_obs, no_sleep):
+    make_tree(mock_obs / "bkt" / "run", {"run.json": b'{"status": "running"}'})
+    newer = b'{"status": "running", "attempts": [1, 2]}'
+    store = ReplacedAfterListing(str(mock_obs), newer)
+    report = sync("obs://bkt/run/run.json", str(tmp_path / "run.json"), retries=2, backend=store)
+    assert report.files == 1 and store.downloads == 1 and no_sleep == []
+    assert (tmp_path / "run.json").read_bytes() == newer
+
+
+class CutOff(MockBackend):
+    """Every answer stops early, the store still holding the whole object."""
+
+    def download(self, loc, path):
+        with open(self._path(loc), "rb") as f, open(path, "wb") as out:
+            out.write(f.read()[:3])
+
+
+def test_a_cut_off_download_is_retried_and_never_kept(tmp_path, mock_obs, no_sleep):
+    make_tree(mock_obs / "bkt" / "f", {"x.bin": b"payload"})
+    with pytest.raises(TransferError, match=r"obs://bkt/f/x.bin.*3 attempts.*short download, 3 of 7"):
+        sync("obs://bkt/f/x.bin", str(tmp_path / "x.bin"), retries=2, backend=CutOff(str(mock_obs)))
+    assert not (tmp_path / "x.bin").exists() and len(no_sleep) == 2
 
 
 def test_client_errors_fail_at_once(tmp_path, mock_obs, no_sleep):
