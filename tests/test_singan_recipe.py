@@ -230,3 +230,25 @@ def test_predict_export_describe(data_dir, tmp_path):
     info = recipe.describe()
     assert info["generator_parameters"] > 0 and info["vgg_weights"].startswith("NONE")
     assert set(recipe.checkpoint_cells()) == {"g", "d", "head", "opt_g", "opt_d"}
+
+
+@pytest.mark.parametrize("task", ["eval", "export", "infer"])
+def test_tasks_that_only_run_the_generator_build_it_alone(data_dir, tmp_path, task):
+    """No D, NCE head, VGG16 or optimizers for eval / export / infer: a training checkpoint's
+    generator loads into it and restores the photos exactly as the trained recipe does."""
+    from src.engine.checkpoint import CheckpointManager, load_checkpoint
+
+    trained = _recipe(data_dir, tmp_path)
+    trained.train_step(next(iter(trained.train_loader())))
+    path = CheckpointManager(str(tmp_path / "ckpt")).save(1, trained.checkpoint_cells(), {})
+    x = next(iter(trained.val_samples()))["input"][None]
+
+    cfg = load_config("configs/singan_dehaze_demo.yaml", TINY)
+    recipe = get_recipe("singan_dehaze")(cfg, RecipeContext(
+        data_dir=data_dir, output_dir=str(tmp_path), task=task))
+    recipe.build()
+    assert set(recipe.checkpoint_cells()) == {"g"}
+    assert not hasattr(recipe, "vgg") and recipe.d is None
+    assert recipe.describe()["vgg_weights"] == "not built (task %s: no loss)" % task
+    assert load_checkpoint(path, recipe.checkpoint_cells())["step"] == 1
+    np.testing.assert_allclose(recipe.predict(x), trained.predict(x), rtol=1e-5, atol=1e-6)

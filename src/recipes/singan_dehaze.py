@@ -285,6 +285,7 @@ class SinGANDehazeRecipe(Recipe):
         self.mmd_index = self.vgg_layers.index(mmd_layer)
         self._host_step: Optional[int] = None
         self._ones: Dict[tuple, np.ndarray] = {}
+        self.g = self.d = None
         self.built = False
 
     # -- model ----------------------------------------------------------------------------
@@ -303,6 +304,13 @@ class SinGANDehazeRecipe(Recipe):
 
         cfg, loss = self.cfg, self.cfg["loss"]
         self.g = NETS.build(cfg["net"]["generator"], "net.generator")
+        if self.ctx.task != "train":
+            # Evaluating, exporting and restoring photos run the generator only: no D, NCE
+            # head, VGG16 (nor its weights file) or optimizers. A checkpoint's other cells
+            # are left unread.
+            prefix_parameter_names({"g": self.g})
+            self.built = True
+            return
         self.d = NETS.build(cfg["net"]["discriminator"], "net.discriminator")
         try:
             channels = self.g.feature_channels(self.nce_layers)
@@ -407,6 +415,8 @@ class SinGANDehazeRecipe(Recipe):
         return from_net(y)
 
     def checkpoint_cells(self) -> dict:
+        if self.d is None:  # built for eval / export / infer: the generator alone
+            return {"g": self.g}
         return {"g": self.g, "d": self.d, "head": self.head, "opt_g": self.opt_g,
                 "opt_d": self.opt_d}
 
@@ -423,7 +433,10 @@ class SinGANDehazeRecipe(Recipe):
                 "vgg_layers": self.vgg_layers,
                 "value_range": "nets see [-1, 1]; predict maps [0, 1] -> [-1, 1] -> [0, 1]; "
                                "the exported generator takes and returns [-1, 1]"}
-        if self.built:
+        if self.built and self.d is None:
+            info.update({"generator_parameters": count_parameters(self.g),
+                         "vgg_weights": "not built (task %s: no loss)" % self.ctx.task})
+        elif self.built:
             info.update({
                 "generator_parameters": count_parameters(self.g),
                 "discriminator_parameters": count_parameters(self.d),
