@@ -18,7 +18,7 @@ from typing import Any, List, Optional
 
 from src.errors import UserError
 
-#: Tasks that build the model (recipe.build() makes nets, optimizers and LR schedules for all).
+#: Tasks that build the model (recipe.build(): the nets; training also its losses and optimizers).
 MODEL_TASKS = ("train", "eval", "export", "infer")
 _MISSING = object()
 

@@ -8,6 +8,7 @@ import os
 import sys
 import time
 import types
+from pathlib import Path
 
 import pytest
 
@@ -219,7 +220,7 @@ class ReplacedAfterListing(MockBackend):
     def download(self, loc, path):
         self.downloads += 1
         if self.downloads == 1:
-            atomic_local_write(self._path(loc), lambda tmp: open(tmp, "wb").write(self.new_data))
+            atomic_local_write(self._path(loc), lambda tmp: Path(tmp).write_bytes(self.new_data))
         super().download(loc, path)
 
 

@@ -433,12 +433,13 @@ class SinGANDehazeRecipe(Recipe):
                 "vgg_layers": self.vgg_layers,
                 "value_range": "nets see [-1, 1]; predict maps [0, 1] -> [-1, 1] -> [0, 1]; "
                                "the exported generator takes and returns [-1, 1]"}
-        if self.built and self.d is None:
-            info.update({"generator_parameters": count_parameters(self.g),
-                         "vgg_weights": "not built (task %s: no loss)" % self.ctx.task})
-        elif self.built:
+        if not self.built:
+            return info
+        info["generator_parameters"] = count_parameters(self.g)
+        if self.d is None:
+            info["vgg_weights"] = "not built (task %s: no loss)" % self.ctx.task
+        else:
             info.update({
-                "generator_parameters": count_parameters(self.g),
                 "discriminator_parameters": count_parameters(self.d),
                 "nce_head_parameters": count_parameters(self.head),
                 "lr_constant_steps": self.constant_steps,
